@@ -1,0 +1,214 @@
+"""Convolution + batch-norm + activation building blocks.
+
+Every convolution in kMaX-DeepLab is followed (optionally) by batch norm and an
+activation. Two conventions from DeepLab2 matter for numeric parity with its
+checkpoints:
+
+* Strided 2-D convolutions pad symmetrically, ``(k_eff - 1) // 2`` on the
+  top-left and the rest on the bottom-right, then convolve with 'valid'
+  padding. Stride-1 convolutions use 'same' padding.
+* Kernels are He-normal initialised; batch norm has momentum 0.99 and epsilon
+  1e-3 (the Keras defaults).
+
+The kernel and batch-norm variables live in sub-layers named ``conv`` (or
+``depthwise_conv``) and ``batch_norm``.
+"""
+
+from typing import Callable, Optional
+
+import tensorflow as tf
+import tf_keras
+
+from deeplab2_kmax.model.layers import activations
+
+
+def batch_norm_class(use_sync_batch_norm: bool = True):
+  """Returns the batch-norm layer class.
+
+  Synchronised batch norm averages statistics over all replicas of a
+  distribution strategy (SPEC §6) and equals plain batch norm on one replica.
+  """
+  if use_sync_batch_norm:
+    return tf_keras.layers.experimental.SyncBatchNormalization
+  return tf_keras.layers.BatchNormalization
+
+
+def _symmetric_padding(kernel_size: int, atrous_rate: int):
+  effective = kernel_size + (kernel_size - 1) * (atrous_rate - 1)
+  total = effective - 1
+  return total // 2, total - total // 2
+
+
+class _NormActMixin:
+  """Adds the optional batch norm and activation after a convolution."""
+
+  def _make_norm_act(self, axis, use_bn, bn_layer, bn_gamma_initializer,
+                     activation):
+    self._batch_norm = None
+    if use_bn:
+      self._batch_norm = bn_layer(
+          axis=axis, name="batch_norm", gamma_initializer=bn_gamma_initializer)
+    self._activation_fn = activations.get(activation)
+
+  def _norm_act(self, x, training):
+    if self._batch_norm is not None:
+      x = self._batch_norm(x, training=training)
+    if self._activation_fn is not None:
+      x = self._activation_fn(x)
+    return x
+
+
+class Conv2DBN(_NormActMixin, tf_keras.layers.Layer):
+  """2-D convolution with DeepLab padding, optional batch norm and activation."""
+
+  def __init__(self,
+               output_channels: int,
+               kernel_size: int,
+               name: str,
+               strides: int = 1,
+               atrous_rate: int = 1,
+               use_bias: bool = False,
+               use_bn: bool = True,
+               bn_layer: Callable[..., tf_keras.layers.Layer] = (
+                   tf_keras.layers.BatchNormalization),
+               bn_gamma_initializer: str = "ones",
+               activation: Optional[str] = None,
+               kernel_initializer="he_normal"):
+    super().__init__(name=name)
+    if use_bn and use_bias:
+      raise ValueError(f"{name}: a convolution bias before batch norm is "
+                       "redundant; set use_bias=False.")
+    self._strides = strides
+    self._pad = None
+    padding = "same"
+    if strides != 1:
+      self._pad = _symmetric_padding(kernel_size, atrous_rate)
+      padding = "valid"
+    self._conv = tf_keras.layers.Conv2D(
+        output_channels,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        dilation_rate=atrous_rate,
+        use_bias=use_bias,
+        kernel_initializer=kernel_initializer,
+        name="conv")
+    self._make_norm_act(3, use_bn, bn_layer, bn_gamma_initializer, activation)
+
+  def call(self, inputs, training=False):
+    x = inputs
+    if self._pad is not None:
+      begin, end = self._pad
+      x = tf.pad(x, [[0, 0], [begin, end], [begin, end], [0, 0]])
+    return self._norm_act(self._conv(x), training)
+
+
+class DepthwiseConv2DBN(_NormActMixin, tf_keras.layers.Layer):
+  """Depthwise 2-D convolution with optional batch norm and activation."""
+
+  def __init__(self,
+               kernel_size: int,
+               name: str,
+               strides: int = 1,
+               atrous_rate: int = 1,
+               use_bias: bool = False,
+               use_bn: bool = True,
+               bn_layer: Callable[..., tf_keras.layers.Layer] = (
+                   tf_keras.layers.BatchNormalization),
+               bn_gamma_initializer: str = "ones",
+               activation: Optional[str] = None,
+               depthwise_initializer="glorot_uniform"):
+    super().__init__(name=name)
+    if use_bn and use_bias:
+      raise ValueError(f"{name}: a convolution bias before batch norm is "
+                       "redundant; set use_bias=False.")
+    self._pad = None
+    padding = "same"
+    if strides != 1:
+      self._pad = _symmetric_padding(kernel_size, atrous_rate)
+      padding = "valid"
+    self._depthwise_conv = tf_keras.layers.DepthwiseConv2D(
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        dilation_rate=atrous_rate,
+        use_bias=use_bias,
+        depthwise_initializer=depthwise_initializer,
+        name="depthwise_conv")
+    self._make_norm_act(3, use_bn, bn_layer, bn_gamma_initializer, activation)
+
+  def call(self, inputs, training=False):
+    x = inputs
+    if self._pad is not None:
+      begin, end = self._pad
+      x = tf.pad(x, [[0, 0], [begin, end], [begin, end], [0, 0]])
+    return self._norm_act(self._depthwise_conv(x), training)
+
+
+class SeparableConv2DBN(tf_keras.layers.Layer):
+  """Depthwise conv (+BN+act) followed by a 1x1 pointwise conv (+BN+act)."""
+
+  def __init__(self,
+               output_channels: int,
+               kernel_size: int,
+               name: str,
+               strides: int = 1,
+               atrous_rate: int = 1,
+               use_bn: bool = True,
+               bn_layer: Callable[..., tf_keras.layers.Layer] = (
+                   tf_keras.layers.BatchNormalization),
+               activation: Optional[str] = None):
+    super().__init__(name=name)
+    self._depthwise = DepthwiseConv2DBN(
+        kernel_size,
+        name="depthwise",
+        strides=strides,
+        atrous_rate=atrous_rate,
+        use_bias=not use_bn,
+        use_bn=use_bn,
+        bn_layer=bn_layer,
+        activation=activation)
+    self._pointwise = Conv2DBN(
+        output_channels,
+        1,
+        name="pointwise",
+        use_bias=not use_bn,
+        use_bn=use_bn,
+        bn_layer=bn_layer,
+        activation=activation)
+
+  def call(self, inputs, training=False):
+    return self._pointwise(self._depthwise(inputs, training=training),
+                           training=training)
+
+
+class Conv1DBN(_NormActMixin, tf_keras.layers.Layer):
+  """Kernel-size-1 convolution over [batch, length, channels] (+BN+act).
+
+  Used on cluster centres, which form a length-N sequence.
+  """
+
+  def __init__(self,
+               output_channels: int,
+               name: str,
+               use_bias: bool = False,
+               use_bn: bool = True,
+               bn_layer: Callable[..., tf_keras.layers.Layer] = (
+                   tf_keras.layers.BatchNormalization),
+               bn_gamma_initializer: str = "ones",
+               activation: Optional[str] = None,
+               kernel_initializer="he_normal"):
+    super().__init__(name=name)
+    if use_bn and use_bias:
+      raise ValueError(f"{name}: a convolution bias before batch norm is "
+                       "redundant; set use_bias=False.")
+    self._conv = tf_keras.layers.Conv1D(
+        output_channels,
+        kernel_size=1,
+        use_bias=use_bias,
+        kernel_initializer=kernel_initializer,
+        name="conv")
+    self._make_norm_act(2, use_bn, bn_layer, bn_gamma_initializer, activation)
+
+  def call(self, inputs, training=False):
+    return self._norm_act(self._conv(inputs), training)

@@ -1,0 +1,90 @@
+"""Installs the `deeplab2_kmax` package.
+
+The design card's top-level folders `protos/`, `trainer/` and `evaluation/`
+are installed as `deeplab2_kmax.protos`, `deeplab2_kmax.trainer` and
+`deeplab2_kmax.evaluation`, so nothing generic lands in site-packages.
+Python code for the protos is generated here, at build time, with
+grpcio-tools; it is never committed.
+"""
+
+import glob
+import os
+import shutil
+import tempfile
+
+import setuptools
+from setuptools.command.build_py import build_py
+from setuptools.command.develop import develop
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_PROTO_PACKAGE = "deeplab2_kmax/protos"
+
+
+def generate_protos(proto_dir=os.path.join(_HERE, "protos")):
+  """Compiles protos/*.proto into protos/*_pb2.py (import path deeplab2_kmax/protos)."""
+  from grpc_tools import protoc  # Build-time dependency (pyproject.toml).
+
+  sources = sorted(glob.glob(os.path.join(proto_dir, "*.proto")))
+  if not sources:
+    return
+  with tempfile.TemporaryDirectory() as staging:
+    package_dir = os.path.join(staging, _PROTO_PACKAGE)
+    os.makedirs(package_dir)
+    for source in sources:
+      shutil.copy(source, package_dir)
+    include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
+    relative = [os.path.join(_PROTO_PACKAGE, os.path.basename(s)) for s in sources]
+    status = protoc.main(
+        ["protoc", f"-I{staging}", f"-I{include}", f"--python_out={staging}"] + relative)
+    if status != 0:
+      raise RuntimeError(f"protoc failed on {relative} (exit {status}).")
+    for generated in glob.glob(os.path.join(package_dir, "*_pb2.py")):
+      shutil.copy(generated, proto_dir)
+
+
+class BuildPyWithProtos(build_py):
+
+  def run(self):
+    generate_protos()
+    super().run()
+
+
+class DevelopWithProtos(develop):
+
+  def run(self):
+    generate_protos()
+    super().run()
+
+
+_PACKAGES = setuptools.find_packages(include=["deeplab2_kmax", "deeplab2_kmax.*"])
+_MAPPED = {"protos": "protos", "trainer": "trainer", "evaluation": "evaluation"}
+
+setuptools.setup(
+    name="deeplab2_kmax",
+    version="0.1.0",
+    description="kMaX-DeepLab (k-means Mask Transformer) in TensorFlow, DeepLab2 style.",
+    long_description=open(os.path.join(_HERE, "README.md"), encoding="utf-8").read()
+    if os.path.exists(os.path.join(_HERE, "README.md")) else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=_PACKAGES + [f"deeplab2_kmax.{name}" for name in _MAPPED],
+    package_dir={"deeplab2_kmax": "deeplab2_kmax",
+                 **{f"deeplab2_kmax.{name}": path for name, path in _MAPPED.items()}},
+    package_data={"deeplab2_kmax.protos": ["*.proto"]},
+    install_requires=[
+        "tensorflow~=2.20.0",
+        "tf-keras~=2.20.0",
+        "tf-models-official~=2.20.0",
+        "numpy",
+        "scipy",
+        "pycocotools",
+        "absl-py",
+        "protobuf",
+        "Pillow",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "ruff", "grpcio-tools"],
+    },
+    cmdclass={"build_py": BuildPyWithProtos, "develop": DevelopWithProtos},
+)
