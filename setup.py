@@ -7,39 +7,23 @@ Python code for the protos is generated here, at build time, with
 grpcio-tools; it is never committed.
 """
 
-import glob
+import importlib.util
 import os
-import shutil
-import tempfile
 
 import setuptools
 from setuptools.command.build_py import build_py
 from setuptools.command.develop import develop
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_PROTO_PACKAGE = "deeplab2_kmax/protos"
 
 
-def generate_protos(proto_dir=os.path.join(_HERE, "protos")):
-  """Compiles protos/*.proto into protos/*_pb2.py (import path deeplab2_kmax/protos)."""
-  from grpc_tools import protoc  # Build-time dependency (pyproject.toml).
-
-  sources = sorted(glob.glob(os.path.join(proto_dir, "*.proto")))
-  if not sources:
-    return
-  with tempfile.TemporaryDirectory() as staging:
-    package_dir = os.path.join(staging, _PROTO_PACKAGE)
-    os.makedirs(package_dir)
-    for source in sources:
-      shutil.copy(source, package_dir)
-    include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
-    relative = [os.path.join(_PROTO_PACKAGE, os.path.basename(s)) for s in sources]
-    status = protoc.main(
-        ["protoc", f"-I{staging}", f"-I{include}", f"--python_out={staging}"] + relative)
-    if status != 0:
-      raise RuntimeError(f"protoc failed on {relative} (exit {status}).")
-    for generated in glob.glob(os.path.join(package_dir, "*_pb2.py")):
-      shutil.copy(generated, proto_dir)
+def generate_protos():
+  """Runs protos/build_protos.py (grpcio-tools) before packaging."""
+  spec = importlib.util.spec_from_file_location(
+      "build_protos", os.path.join(_HERE, "protos", "build_protos.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  module.generate()
 
 
 class BuildPyWithProtos(build_py):

@@ -1,0 +1,26 @@
+# The two quick-start commands of README.md, and a few helpers.
+PYTHON ?= python3
+DEMO_DIR ?= demo_output
+
+.PHONY: install install-test demo test lint protos
+
+install:
+	$(PYTHON) -m pip install -q -e .
+
+install-test:
+	$(PYTHON) -m pip install -q -e ".[test]"
+	$(PYTHON) -m pip install -q --no-deps "panopticapi-lite==0.2.0"
+
+# Quick start 1: install, then run the synthetic-data demo end to end.
+demo: install
+	$(PYTHON) -m deeplab2_kmax.tools.demo --output_dir=$(DEMO_DIR)
+
+# Quick start 2: install with test extras, lint, then run the tests.
+test: install-test lint
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+lint:
+	$(PYTHON) -m ruff check deeplab2_kmax trainer evaluation protos tests benchmarks setup.py
+
+protos:
+	$(PYTHON) protos/build_protos.py

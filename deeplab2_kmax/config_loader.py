@@ -1,0 +1,323 @@
+"""Turns a textproto experiment file into a validated `ExperimentOptions`.
+
+Loading has three steps, each with errors that name the file:
+1. `${VAR}` placeholders are filled from explicit values (flags), then from
+   the environment. Unknown ones are left as they are.
+2. The text is parsed into `ExperimentOptions` (parse errors give the line).
+3. Semantic validation: known dataset and backbone, supported crop sizes,
+   thresholds in [0, 1], positive counts, ... (`validate`).
+
+Unresolved placeholders in file paths (file patterns, checkpoints) are
+reported by `unresolved_placeholders`, not treated as errors, so a config can
+be checked before its data exists.
+"""
+
+import dataclasses
+import os
+import re
+from typing import Dict, List, Mapping, Optional
+
+from google.protobuf import text_format
+
+from deeplab2_kmax.data import dataset_registry
+from deeplab2_kmax.protos import config_pb2
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+BACKBONES = ("resnet50", "axial_resnet50", "convnext_tiny", "convnext_small",
+             "convnext_base", "convnext_large")
+CROSS_ATTENTIONS = ("kmeans", "softmax")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+LEARNING_POLICIES = ("poly", "cosine")
+MIXED_PRECISION = ("float32", "mixed_bfloat16", "mixed_float16")
+MATCHING = ("auto", "scipy", "tensorflow")
+METRICS = ("panoptic_quality", "coco_ap", "mean_iou")
+COPY_PASTE_OPTIONS = ("all", "random", "none")
+
+
+class ConfigError(ValueError):
+  """A config that cannot be parsed or is not valid; names file and field."""
+
+
+def canonical_backbone_name(name: str) -> str:
+  """Maps DeepLab2's 'kmax_resnet50' style names onto ours."""
+  return name[len("kmax_"):] if name.startswith("kmax_") else name
+
+
+def substitute_placeholders(text: str,
+                            values: Optional[Mapping[str, str]] = None,
+                            environ: Optional[Mapping[str, str]] = None) -> str:
+  """Replaces `${NAME}` by values[NAME], else environ[NAME], else leaves it."""
+  values = values or {}
+  environ = os.environ if environ is None else environ
+
+  def replace(match):
+    name = match.group(1)
+    if name in values:
+      return str(values[name])
+    if name in environ:
+      return environ[name]
+    return match.group(0)
+
+  return _PLACEHOLDER.sub(replace, text)
+
+
+def parse_config(text: str, path: str = "<string>") -> config_pb2.ExperimentOptions:
+  """Parses textproto `text`; a ConfigError names `path` and the line."""
+  config = config_pb2.ExperimentOptions()
+  try:
+    text_format.Parse(text, config)
+  except text_format.ParseError as e:
+    line = e.GetLine()
+    where = f"{path}:{line}" if line is not None else path
+    column = e.GetColumn()
+    where = f"{where}:{column}" if column is not None else where
+    # The parser's message repeats "line:col :" at its start; keep the rest.
+    message = re.sub(r"^\d+:\d+\s*:\s*", "", str(e))
+    raise ConfigError(f"{where}: cannot parse config: {message}") from None
+  return config
+
+
+def load_config(path: str,
+                values: Optional[Mapping[str, str]] = None,
+                validate_config: bool = True) -> config_pb2.ExperimentOptions:
+  """Reads, fills placeholders, parses and (by default) validates `path`."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except OSError as e:
+    raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+  config = parse_config(substitute_placeholders(text, values), path)
+  if validate_config:
+    validate(config, path)
+  return config
+
+
+@dataclasses.dataclass
+class _Checker:
+  path: str
+  problems: List[str] = dataclasses.field(default_factory=list)
+
+  def require(self, condition: bool, field: str, message: str):
+    if not condition:
+      self.problems.append(f"field '{field}': {message}")
+
+  def one_of(self, value: str, allowed, field: str):
+    self.require(value in allowed, field,
+                 f"{value!r} is not one of {', '.join(map(repr, allowed))}")
+
+  def unit_interval(self, value: float, field: str):
+    self.require(0.0 <= value <= 1.0, field, f"{value} is not in [0, 1]")
+
+  def positive(self, value, field: str):
+    self.require(value > 0, field, f"{value} must be > 0")
+
+
+def _supported_size(size: int) -> bool:
+  return size > 0 and (size % 32 == 0 or (size - 1) % 32 == 0)
+
+
+def _check_dataset(c: _Checker, options, prefix: str, required: bool):
+  if not options.HasField("dataset"):
+    c.require(not required, f"{prefix}.dataset", "is required")
+    return None
+  try:
+    info = dataset_registry.get(options.dataset)
+  except ValueError as e:
+    c.problems.append(f"field '{prefix}.dataset': {e}")
+    info = None
+  c.positive(options.batch_size, f"{prefix}.batch_size")
+  c.require(len(options.crop_size) == 2, f"{prefix}.crop_size",
+            f"needs exactly 2 values (height, width), got "
+            f"{list(options.crop_size)}")
+  for size in options.crop_size:
+    c.require(_supported_size(size), f"{prefix}.crop_size",
+              f"{size} is not supported: use 32k+1 (e.g. 641, 1281) or a "
+              "multiple of 32")
+  for name in ("min_resize_value", "max_resize_value"):
+    values = list(getattr(options, name))
+    c.require(len(values) <= 2, f"{prefix}.{name}",
+              f"takes at most 2 values, got {values}")
+  aug = options.augmentations
+  c.positive(aug.min_scale_factor, f"{prefix}.augmentations.min_scale_factor")
+  c.require(aug.max_scale_factor >= aug.min_scale_factor,
+            f"{prefix}.augmentations.max_scale_factor",
+            f"{aug.max_scale_factor} < min_scale_factor {aug.min_scale_factor}")
+  if aug.HasField("panoptic_copy_paste"):
+    cp = aug.panoptic_copy_paste
+    cp_prefix = f"{prefix}.augmentations.panoptic_copy_paste"
+    c.require(0.0 < cp.panoptic_copy_paste_scale <= 1.0,
+              f"{cp_prefix}.panoptic_copy_paste_scale",
+              f"{cp.panoptic_copy_paste_scale} is not in (0, 1]")
+    for name in ("thing", "stuff", "void"):
+      field = f"panoptic_copy_paste_{name}_option"
+      c.one_of(getattr(cp, field), COPY_PASTE_OPTIONS, f"{cp_prefix}.{field}")
+  c.positive(options.max_thing_id, f"{prefix}.max_thing_id")
+  return info
+
+
+def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
+  """Checks the meaning of `config`; raises one ConfigError listing all problems."""
+  c = _Checker(path)
+  train_info = _check_dataset(c, config.train_dataset_options,
+                              "train_dataset_options", required=False)
+  eval_info = _check_dataset(c, config.eval_dataset_options,
+                             "eval_dataset_options", required=False)
+  c.require(train_info is not None or eval_info is not None,
+            "train_dataset_options.dataset",
+            "at least one of train/eval dataset options must name a dataset")
+  if train_info and eval_info:
+    c.require(train_info.name == eval_info.name, "eval_dataset_options.dataset",
+              f"{eval_info.name!r} differs from the training dataset "
+              f"{train_info.name!r}")
+  info = train_info or eval_info
+
+  model = config.model_options
+  c.one_of(canonical_backbone_name(model.backbone.name), BACKBONES,
+           "model_options.backbone.name")
+  c.require(0.0 < model.backbone.drop_path_keep_prob <= 1.0,
+            "model_options.backbone.drop_path_keep_prob",
+            f"{model.backbone.drop_path_keep_prob} is not in (0, 1]")
+  c.one_of(model.backbone.drop_path_schedule, ("constant", "linear"),
+           "model_options.backbone.drop_path_schedule")
+  c.positive(model.backbone.backbone_width_multiplier,
+             "model_options.backbone.backbone_width_multiplier")
+  for n in model.backbone.blocks_per_stage:
+    c.positive(n, "model_options.backbone.blocks_per_stage")
+  max_deeplab = model.max_deeplab
+  td = max_deeplab.transformer_decoder
+  c.require(td.num_mask_slots >= 1,
+            "model_options.max_deeplab.transformer_decoder.num_mask_slots",
+            f"{td.num_mask_slots} must be >= 1")
+  c.one_of(td.cross_attention, CROSS_ATTENTIONS,
+           "model_options.max_deeplab.transformer_decoder.cross_attention")
+  c.require(0.0 < td.drop_path_keep_prob <= 1.0,
+            "model_options.max_deeplab.transformer_decoder.drop_path_keep_prob",
+            f"{td.drop_path_keep_prob} is not in (0, 1]")
+  if td.num_blocks:
+    c.require(len(td.num_blocks) == 3,
+              "model_options.max_deeplab.transformer_decoder.num_blocks",
+              f"needs 3 values (os32, os16, os8), got {list(td.num_blocks)}")
+  if td.use_drop_query:
+    c.require(td.num_mask_slots >= 2 and td.num_mask_slots % 2 == 0,
+              "model_options.max_deeplab.transformer_decoder.use_drop_query",
+              f"needs an even num_mask_slots >= 2, got {td.num_mask_slots}")
+  for name in ("channels", "ffn_channels", "num_heads"):
+    c.positive(getattr(td, name),
+               f"model_options.max_deeplab.transformer_decoder.{name}")
+  c.require(td.channels % td.num_heads == 0 if td.num_heads > 0 else True,
+            "model_options.max_deeplab.transformer_decoder.num_heads",
+            f"{td.num_heads} does not divide channels {td.channels}")
+  pd = max_deeplab.pixel_decoder
+  c.one_of(pd.high_resolution_output_stride, (2, 4),
+           "model_options.max_deeplab.pixel_decoder."
+           "high_resolution_output_stride")
+  if pd.num_blocks:
+    expected = 5 if pd.high_resolution_output_stride == 2 else 4
+    c.require(len(pd.num_blocks) == expected,
+              "model_options.max_deeplab.pixel_decoder.num_blocks",
+              f"needs {expected} values for output stride "
+              f"{pd.high_resolution_output_stride}, got {list(pd.num_blocks)}")
+  c.positive(pd.width_multiplier,
+             "model_options.max_deeplab.pixel_decoder.width_multiplier")
+  for name in ("instance_discrimination_sample_k", "semantic_sample_k"):
+    c.require(getattr(max_deeplab, name) >= 0, f"model_options.max_deeplab.{name}",
+              f"{getattr(max_deeplab, name)} must be >= 0 (0: no sampling)")
+  if info is not None and max_deeplab.auxiliary_semantic_head.HasField(
+      "output_channels"):
+    c.require(max_deeplab.auxiliary_semantic_head.output_channels ==
+              info.num_classes,
+              "model_options.max_deeplab.auxiliary_semantic_head."
+              "output_channels",
+              f"{max_deeplab.auxiliary_semantic_head.output_channels} differs "
+              f"from {info.name}'s {info.num_classes} classes")
+
+  trainer = config.trainer_options
+  solver = trainer.solver_options
+  c.one_of(solver.optimizer, OPTIMIZERS,
+           "trainer_options.solver_options.optimizer")
+  c.one_of(solver.learning_policy, LEARNING_POLICIES,
+           "trainer_options.solver_options.learning_policy")
+  c.require(solver.base_learning_rate > 0,
+            "trainer_options.solver_options.base_learning_rate",
+            f"{solver.base_learning_rate} must be > 0")
+  c.positive(solver.training_number_of_steps,
+             "trainer_options.solver_options.training_number_of_steps")
+  c.require(solver.warmup_steps >= 0,
+            "trainer_options.solver_options.warmup_steps",
+            f"{solver.warmup_steps} must be >= 0")
+  c.require(solver.adamw_weight_decay >= 0,
+            "trainer_options.solver_options.adamw_weight_decay",
+            f"{solver.adamw_weight_decay} must be >= 0")
+  c.unit_interval(solver.batchnorm_momentum,
+                  "trainer_options.solver_options.batchnorm_momentum")
+  c.positive(solver.batchnorm_epsilon,
+             "trainer_options.solver_options.batchnorm_epsilon")
+  c.require(solver.backbone_learning_rate_multiplier >= 0,
+            "trainer_options.solver_options.backbone_learning_rate_multiplier",
+            f"{solver.backbone_learning_rate_multiplier} must be >= 0")
+  for name in ("save_checkpoints_steps", "save_summaries_steps",
+               "steps_per_loop", "num_checkpoints_to_keep"):
+    c.positive(getattr(trainer, name), f"trainer_options.{name}")
+  c.one_of(trainer.mixed_precision, MIXED_PRECISION,
+           "trainer_options.mixed_precision")
+  c.one_of(trainer.loss_options.matching_implementation, MATCHING,
+           "trainer_options.loss_options.matching_implementation")
+  for name in ("semantic_loss", "pq_style_loss", "mask_id_cross_entropy_loss",
+               "instance_discrimination_loss"):
+    loss = getattr(trainer.loss_options, name)
+    c.require(loss.weight >= 0, f"trainer_options.loss_options.{name}.weight",
+              f"{loss.weight} must be >= 0")
+    c.unit_interval(loss.top_k_percent,
+                    f"trainer_options.loss_options.{name}.top_k_percent")
+
+  evaluator = config.evaluator_options
+  c.one_of(evaluator.transformer_post_processing, ("maskwise",),
+           "evaluator_options.transformer_post_processing")
+  c.unit_interval(evaluator.pixel_confidence_threshold,
+                  "evaluator_options.pixel_confidence_threshold")
+  maskwise = evaluator.maskwise_postprocessing
+  for name in ("transformer_class_confidence_threshold_thing",
+               "transformer_class_confidence_threshold_stuff",
+               "overlapping_threshold"):
+    c.unit_interval(getattr(maskwise, name),
+                    f"evaluator_options.maskwise_postprocessing.{name}")
+  for name in ("reorder_class_weight", "reorder_mask_weight"):
+    c.require(getattr(maskwise, name) >= 0,
+              f"evaluator_options.maskwise_postprocessing.{name}",
+              f"{getattr(maskwise, name)} must be >= 0")
+  for name in ("thing_area_limit", "stuff_area_limit"):
+    c.require(getattr(evaluator, name) >= 0, f"evaluator_options.{name}",
+              f"{getattr(evaluator, name)} must be >= 0")
+  for metric in evaluator.metrics:
+    c.one_of(metric, METRICS, "evaluator_options.metrics")
+
+  for size in config.export_options.crop_size:
+    c.require(_supported_size(size), "export_options.crop_size",
+              f"{size} is not supported: use 32k+1 or a multiple of 32")
+
+  if c.problems:
+    details = "\n  ".join(c.problems)
+    raise ConfigError(f"{path}: invalid config:\n  {details}")
+
+
+def unresolved_placeholders(config: config_pb2.ExperimentOptions) -> Dict[str, str]:
+  """Returns {field: value} for file-path fields still holding `${VAR}`."""
+  paths = {
+      "model_options.initial_checkpoint":
+          [config.model_options.initial_checkpoint],
+      "model_options.backbone.pretrained_weights":
+          [config.model_options.backbone.pretrained_weights],
+      "train_dataset_options.file_pattern":
+          list(config.train_dataset_options.file_pattern),
+      "eval_dataset_options.file_pattern":
+          list(config.eval_dataset_options.file_pattern),
+      "evaluator_options.override_save_dir":
+          [config.evaluator_options.override_save_dir],
+  }
+  found = {}
+  for field, values in paths.items():
+    for value in values:
+      if _PLACEHOLDER.search(value):
+        found[field] = value
+  return found
