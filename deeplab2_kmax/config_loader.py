@@ -15,7 +15,10 @@ be checked before its data exists.
 import dataclasses
 import os
 import re
-from typing import Dict, List, Mapping, Optional
+from typing import Dict
+from typing import List
+from typing import Mapping
+from typing import Optional
 
 from google.protobuf import text_format
 

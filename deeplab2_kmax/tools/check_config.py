@@ -9,9 +9,12 @@ environment, and from `--define NAME=VALUE` flags.
 """
 
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict
+from typing import List
+from typing import Sequence
 
-from absl import app, flags
+from absl import app
+from absl import flags
 
 from deeplab2_kmax import config_loader
 

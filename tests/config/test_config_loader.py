@@ -5,8 +5,8 @@ import os
 import subprocess
 import sys
 
-import pytest
 from google.protobuf import text_format
+import pytest
 
 from deeplab2_kmax import config_loader
 from deeplab2_kmax.protos import config_pb2
@@ -159,12 +159,10 @@ def test_generated_module_matches_the_proto_sources(tmp_path):
   assert {os.path.basename(p) for p in written} >= {
       "config_pb2.py", "model_pb2.py", "trainer_pb2.py", "dataset_pb2.py",
       "evaluator_pb2.py"}
-  from deeplab2_kmax.protos import (
-    dataset_pb2,
-    evaluator_pb2,
-    model_pb2,
-    trainer_pb2,
-  )
+  from deeplab2_kmax.protos import dataset_pb2
+  from deeplab2_kmax.protos import evaluator_pb2
+  from deeplab2_kmax.protos import model_pb2
+  from deeplab2_kmax.protos import trainer_pb2
   modules = {"config": config_pb2, "model": model_pb2, "trainer": trainer_pb2,
              "dataset": dataset_pb2, "evaluator": evaluator_pb2}
   for name, module in modules.items():

@@ -1,6 +1,7 @@
 """Activation functions by name."""
 
-from typing import Callable, Optional
+from typing import Callable
+from typing import Optional
 
 import tensorflow as tf
 

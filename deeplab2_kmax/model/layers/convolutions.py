@@ -14,7 +14,8 @@ The kernel and batch-norm variables live in sub-layers named ``conv`` (or
 ``depthwise_conv``) and ``batch_norm``.
 """
 
-from typing import Callable, Optional
+from typing import Callable
+from typing import Optional
 
 import tensorflow as tf
 import tf_keras

@@ -1,0 +1,88 @@
+"""Tests for the predict CLI on a stand-in SavedModel (any size, modes, errors)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from deeplab2_kmax.tools import predict
+
+DIVISOR = 256
+
+
+class _StandIn(tf.Module):
+  """Thresholds brightness: bright pixels are thing class 4 instance 1."""
+
+  def __init__(self):
+    super().__init__()
+    self.dataset_name = tf.Variable("synthetic_panoptic", trainable=False)
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+  def serve(self, image):
+    gray = tf.reduce_mean(tf.cast(image, tf.float32), -1)
+    bright = tf.cast(gray > 127, tf.int32)
+    panoptic = bright * (4 * DIVISOR + 1) + (1 - bright) * (1 * DIVISOR)
+    small = tf.image.resize(gray[None, :, :, None], [8, 8], method="nearest")
+    assignments = tf.cast(small[0, :, :, 0] > 127, tf.int32)
+    return {"panoptic_pred": panoptic[None],
+            "cluster_assignments": tf.stack([assignments, 1 - assignments])[None]}
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("sm") / "model")
+  module = _StandIn()
+  tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+  return path
+
+
+def _image(path, mode, size=(37, 23)):
+  rng = np.random.default_rng(0)
+  channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+  array = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+  Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode).save(path)
+  return str(path)
+
+
+@pytest.mark.parametrize("mode, suffix", [("RGB", ".png"), ("RGB", ".jpg"),
+                                          ("L", ".png"), ("RGBA", ".png")])
+def test_odd_sized_grayscale_and_rgba_images_work(tmp_path, saved_model, mode, suffix):
+  image_path = _image(tmp_path / f"in{suffix}", mode)
+  out = predict.run(saved_model, image_path, str(tmp_path / "out.png"),
+                    str(tmp_path / "clusters.png"))
+  rendered = np.asarray(Image.open(out))
+  assert rendered.shape == (23, 2 * 37 + 4, 3)
+  panels = np.asarray(Image.open(tmp_path / "clusters.png"))
+  assert panels.shape == (23, 2 * 37 + 4, 3)
+
+
+def test_rgba_is_composited_to_rgb(tmp_path):
+  array = np.zeros((4, 4, 4), dtype=np.uint8)
+  array[..., 0] = 200
+  array[:2, :, 3] = 255  # Top half opaque red, bottom half transparent.
+  Image.fromarray(array, "RGBA").save(tmp_path / "a.png")
+  rgb = predict.read_rgb_image(str(tmp_path / "a.png"))
+  assert rgb.shape == (4, 4, 3)
+  np.testing.assert_array_equal(rgb[0, 0], [200, 0, 0])
+  np.testing.assert_array_equal(rgb[3, 0], [0, 0, 0])
+
+
+def test_non_image_file_gives_a_clear_error(tmp_path, saved_model):
+  bogus = tmp_path / "notes.png"
+  bogus.write_text("this is not an image")
+  result = subprocess.run(
+      [sys.executable, "-m", "deeplab2_kmax.tools.predict",
+       f"--saved_model={saved_model}", f"--image={bogus}"],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert str(bogus) in result.stderr and "not a readable image" in result.stderr
+  assert not os.path.exists(tmp_path / "notes_panoptic.png")
+
+
+def test_missing_image_names_the_path(tmp_path, saved_model):
+  with pytest.raises(predict.PredictError, match="missing.jpg"):
+    predict.run(saved_model, str(tmp_path / "missing.jpg"), None)
