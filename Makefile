@@ -20,7 +20,7 @@ test: install-test lint
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
 
 lint:
-	$(PYTHON) -m ruff check deeplab2_kmax trainer evaluation protos tests benchmarks setup.py
+	$(PYTHON) -m ruff check .
 
 protos:
 	$(PYTHON) protos/build_protos.py

@@ -5,7 +5,8 @@ library branches on dataset names.
 """
 
 import dataclasses
-from typing import Dict, Tuple
+from typing import Dict
+from typing import Tuple
 
 
 @dataclasses.dataclass(frozen=True)
