@@ -1,0 +1,231 @@
+"""tf.data input pipeline: TFRecords -> batched dicts of model inputs/targets.
+
+SPEC §5. Training samples go through `preprocessing.augment` (resize, random
+scale, colour augmentation, crop/pad, flip), optionally panoptic copy-paste
+with another sample of the stream, then `preprocessing.panoptic_targets`.
+Evaluation samples are only resized/padded to the crop and also carry the
+unaugmented panoptic map (`GT_PANOPTIC_RAW`, padded per batch with the void
+id) and its size (`GT_SIZE_RAW`). Keys are those of `deeplab2_kmax.common`.
+
+Every random draw is stateless, seeded by `(seed, sample index)`, so a run
+with a seed is reproducible regardless of parallelism.
+"""
+
+import random
+from typing import Dict
+from typing import Optional
+from typing import Sequence
+from typing import Tuple
+from typing import Union
+
+import tensorflow as tf
+
+from deeplab2_kmax import common
+from deeplab2_kmax.data import copy_paste as copy_paste_lib
+from deeplab2_kmax.data import dataset_registry
+from deeplab2_kmax.data import preprocessing
+from deeplab2_kmax.data import tfrecord
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def list_files(file_pattern: Union[str, Sequence[str]]) -> Tuple[str, ...]:
+  """Sorted files matching the pattern(s); raises naming an empty pattern."""
+  patterns = [file_pattern] if isinstance(file_pattern, str) else file_pattern
+  files = []
+  for pattern in patterns:
+    matched = tf.io.gfile.glob(pattern)
+    if not matched:
+      raise FileNotFoundError(f"No file matches the pattern {pattern!r}.")
+    files.extend(matched)
+  return tuple(sorted(set(files)))
+
+
+def validate_records(file_pattern: Union[str, Sequence[str]]) -> int:
+  """Reads every record of every file; raises naming the first bad file.
+
+  tf.data reports a truncated or corrupt TFRecord without its file name, so
+  callers that want a clear error up front (evaluation, small datasets) call
+  this first. Returns the number of records.
+  """
+  total = 0
+  for path in list_files(file_pattern):
+    try:
+      for record in tf.data.TFRecordDataset(path):
+        tfrecord.decode_example(record)
+        total += 1
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+      raise ValueError(f"Corrupt TFRecord file {path}: {e.message}") from e
+  return total
+
+
+def _records(files, shuffle: bool, repeat: bool, seed: int,
+             shuffle_buffer: int) -> tf.data.Dataset:
+  ds = tf.data.Dataset.from_tensor_slices(list(files))
+  if shuffle:
+    ds = ds.shuffle(len(files), seed=seed)
+  # Without shuffling, files are read one after another, in sorted order.
+  ds = ds.interleave(tf.data.TFRecordDataset,
+                     cycle_length=min(len(files), 8) if shuffle else 1,
+                     num_parallel_calls=AUTOTUNE, deterministic=True)
+  if repeat:
+    ds = ds.repeat()
+  if shuffle:
+    ds = ds.shuffle(shuffle_buffer, seed=seed)
+  return ds
+
+
+def build_dataset(
+    dataset_info: dataset_registry.DatasetInfo,
+    file_pattern: Union[str, Sequence[str]],
+    *,
+    batch_size: int,
+    crop_size: Sequence[int],
+    is_training: bool,
+    min_resize_value: preprocessing.Size = None,
+    max_resize_value: preprocessing.Size = None,
+    resize_factor: Optional[int] = None,
+    min_scale_factor: float = 1.0,
+    max_scale_factor: float = 1.0,
+    scale_factor_step: float = 0.0,
+    autoaugment_policy: Optional[str] = None,
+    random_flip: bool = True,
+    copy_paste: bool = False,
+    copy_paste_scale: float = 0.5,
+    copy_paste_thing_option: str = "all",
+    copy_paste_stuff_option: str = "random",
+    copy_paste_void_option: str = "none",
+    max_thing_id: int = 128,
+    small_instance_area: int = 0,
+    small_instance_weight: float = 1.0,
+    seed: Optional[int] = None,
+    shuffle: Optional[bool] = None,
+    repeat: Optional[bool] = None,
+    drop_remainder: Optional[bool] = None,
+    shuffle_buffer: int = 256,
+    prefetch: bool = True,
+) -> tf.data.Dataset:
+  """Builds the batched dataset of dicts keyed by `deeplab2_kmax.common`.
+
+  Args:
+    dataset_info: The dataset's `DatasetInfo` (classes, ignore, divisor).
+    file_pattern: Glob(s) of TFRecord files in the `tfrecord` format.
+    batch_size: Images per batch.
+    crop_size: (height, width) of every output image.
+    is_training: Augment and produce training samples, or evaluation ones.
+    min_resize_value, max_resize_value: Resize-to-range bounds (short side /
+      long-side cap); evaluation caps at the crop size by default.
+    resize_factor: Resized sides become a multiple of it plus one.
+    min_scale_factor, max_scale_factor, scale_factor_step: Random scale.
+    autoaugment_policy: Colour augmentation policy name (training), or None.
+    random_flip: Random horizontal flips (training).
+    copy_paste: Panoptic copy-paste with another sample (training).
+    copy_paste_scale: Multiplies the scale range of the pasted sample.
+    copy_paste_thing_option, copy_paste_stuff_option, copy_paste_void_option:
+      'all', 'random' or 'none' per group of source segments.
+    max_thing_id: Length of the thing-id class list.
+    small_instance_area, small_instance_weight: Semantic-loss up-weighting
+      of thing instances below this many pixels (off by default).
+    seed: Makes the pipeline deterministic; random when None.
+    shuffle, repeat, drop_remainder: Default to `is_training`.
+    shuffle_buffer: Records in the shuffle buffer.
+    prefetch: Whether to prefetch (AUTOTUNE).
+
+  Returns:
+    A `tf.data.Dataset` of dicts of batched tensors.
+  """
+  files = list_files(file_pattern)
+  crop_size = tuple(int(c) for c in crop_size)
+  if len(crop_size) != 2 or min(crop_size) < 1:
+    raise ValueError(f"crop_size must be (height, width) > 0, got {crop_size}.")
+  shuffle = is_training if shuffle is None else shuffle
+  repeat = is_training if repeat is None else repeat
+  drop_remainder = is_training if drop_remainder is None else drop_remainder
+  seed = random.randrange(2**31) if seed is None else int(seed)
+  divisor = dataset_info.panoptic_label_divisor
+  void_id = dataset_info.ignore_label * divisor
+  targets_kwargs = dict(
+      num_classes=dataset_info.num_classes,
+      ignore_label=dataset_info.ignore_label, label_divisor=divisor,
+      class_has_instances=dataset_info.class_has_instances,
+      max_thing_id=max_thing_id, small_instance_area=small_instance_area,
+      small_instance_weight=small_instance_weight)
+  augment_kwargs = dict(
+      crop_size=crop_size, min_resize_value=min_resize_value,
+      max_resize_value=max_resize_value, resize_factor=resize_factor,
+      scale_factor_step=scale_factor_step,
+      autoaugment_policy=autoaugment_policy, random_flip=random_flip)
+  paste_kwargs = dict(
+      label_divisor=divisor, ignore_label=dataset_info.ignore_label,
+      thing_class_ids=dataset_info.thing_class_ids,
+      stuff_class_ids=dataset_info.stuff_class_ids,
+      thing_option=copy_paste_thing_option,
+      stuff_option=copy_paste_stuff_option, void_option=copy_paste_void_option)
+
+  def train_sample(index, record, source_record=None):
+    seeds = tf.random.experimental.stateless_split(
+        tf.stack([tf.constant(seed, tf.int64), index]), 3)
+    example = tfrecord.decode_example(record)
+    image, label = preprocessing.augment(
+        tf.cast(example["image"], tf.float32), example["label"][..., None],
+        seeds[0], label_pad_value=void_id, min_scale_factor=min_scale_factor,
+        max_scale_factor=max_scale_factor, **augment_kwargs)
+    if source_record is not None:
+      padding_id = void_id + 1  # Tells padding from void in the source.
+      source = tfrecord.decode_example(source_record)
+      source_image, source_label = preprocessing.augment(
+          tf.cast(source["image"], tf.float32), source["label"][..., None],
+          seeds[1], label_pad_value=padding_id,
+          min_scale_factor=min_scale_factor * copy_paste_scale,
+          max_scale_factor=max_scale_factor * copy_paste_scale,
+          **augment_kwargs)
+      image, label = copy_paste_lib.paste(
+          image, label, source_image, source_label, seeds[2],
+          padding_id=padding_id, **paste_kwargs)
+    sample = preprocessing.panoptic_targets(label[..., 0], **targets_kwargs)
+    sample[common.IMAGE] = image
+    return sample
+
+  def eval_sample(record):
+    example = tfrecord.decode_example(record)
+    image, label = preprocessing.eval_resize_and_pad(
+        tf.cast(example["image"], tf.float32), example["label"][..., None],
+        crop_size=crop_size, label_pad_value=void_id,
+        min_resize_value=min_resize_value, max_resize_value=max_resize_value,
+        resize_factor=resize_factor)
+    sample = preprocessing.panoptic_targets(label[..., 0], **targets_kwargs)
+    sample[common.IMAGE] = image
+    sample[common.IMAGE_NAME] = example["name"]
+    sample[common.GT_PANOPTIC_RAW] = example["label"]
+    sample[common.GT_SIZE_RAW] = tf.stack([example["height"],
+                                           example["width"]])
+    return sample
+
+  ds = _records(files, shuffle, repeat, seed, shuffle_buffer)
+  if is_training:
+    if copy_paste:
+      sources = _records(files, True, repeat, seed + 1, shuffle_buffer)
+      ds = tf.data.Dataset.zip((ds, sources))
+      ds = ds.enumerate().map(lambda i, rs: train_sample(i, rs[0], rs[1]),
+                              num_parallel_calls=AUTOTUNE, deterministic=True)
+    else:
+      ds = ds.enumerate().map(train_sample, num_parallel_calls=AUTOTUNE,
+                              deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  else:
+    ds = ds.map(eval_sample, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.padded_batch(
+        batch_size, drop_remainder=drop_remainder,
+        padding_values=_eval_padding_values(void_id))
+  return ds.prefetch(AUTOTUNE) if prefetch else ds
+
+
+def _eval_padding_values(void_id: int) -> Dict[str, tf.Tensor]:
+  """Only the raw panoptic map varies in size; it is padded with void."""
+  return {
+      common.GT_SEMANTIC_KEY: 0, common.GT_PANOPTIC_KEY: 0,
+      common.GT_THING_ID_MASK_KEY: 0, common.GT_THING_ID_CLASS_KEY: 0,
+      common.SEMANTIC_LOSS_WEIGHT_KEY: 0.0, common.IMAGE: 0.0,
+      common.IMAGE_NAME: "", common.GT_PANOPTIC_RAW: void_id,
+      common.GT_SIZE_RAW: 0,
+  }
