@@ -7,7 +7,10 @@ measured in one run on one machine can be compared as ratios.
 import dataclasses
 import statistics
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable
+from typing import Dict
+from typing import List
+from typing import Optional
 
 
 @dataclasses.dataclass
