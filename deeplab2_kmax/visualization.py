@@ -90,7 +90,7 @@ def overlay(image: np.ndarray, colored: np.ndarray, alpha: float = 0.55,
   return out
 
 
-def _resize_nearest(array: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+def resize_nearest(array: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
   height, width = size
   rows = (np.arange(height) * array.shape[0] // height)
   cols = (np.arange(width) * array.shape[1] // width)
@@ -104,7 +104,7 @@ def hstack_panels(panels: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
   parts = []
   for i, panel in enumerate(panels):
     if panel.shape[:2] != (height, width):
-      panel = _resize_nearest(panel, (height, width))
+      panel = resize_nearest(panel, (height, width))
     parts.append(panel.astype(np.uint8))
     if i + 1 < len(panels):
       parts.append(spacer)
@@ -127,7 +127,7 @@ def cluster_panels(per_layer_mask_logits: Sequence[np.ndarray],
   for logits in per_layer_mask_logits:
     colored = colorize_assignment(cluster_assignment(logits), logits.shape[-1])
     if output_size is not None:
-      colored = _resize_nearest(colored, output_size)
+      colored = resize_nearest(colored, output_size)
     panels.append(colored)
   return hstack_panels(panels)
 

@@ -1,0 +1,1 @@
+"""Evaluation: streaming PQ / AP / mIoU, prediction writers, offline CLI."""

@@ -1,0 +1,2 @@
+"""kMaX-DeepLab losses: Hungarian matching, PQ-style, mask-id cross-entropy,
+instance discrimination and the auxiliary semantic loss (paper §3.3)."""

@@ -112,7 +112,7 @@ def run(saved_model_dir: str, image_path: str, output_path: Optional[str],
     panels = [palette[a] for a in assignments]
     visualization.save_png(
         visualization.hstack_panels(
-            [visualization._resize_nearest(p, image.shape[:2]) for p in panels]),  # pylint: disable=protected-access
+            [visualization.resize_nearest(p, image.shape[:2]) for p in panels]),
         cluster_panels_path)
   return output_path
 

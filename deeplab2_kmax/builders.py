@@ -1,0 +1,182 @@
+"""Config -> plain-argument builders: the one place that reads protos.
+
+Everything below the edge (model, loss, data, post-processing, evaluators)
+takes plain Python arguments; these functions translate an
+`ExperimentOptions` into them.
+"""
+
+from typing import Dict
+from typing import Optional
+
+import tensorflow as tf
+
+from deeplab2_kmax import config_loader
+from deeplab2_kmax.data import dataset_registry
+from deeplab2_kmax.data import input_pipeline
+from deeplab2_kmax.losses import max_deeplab_loss
+from deeplab2_kmax.model import kmax_deeplab
+from deeplab2_kmax.post_processing import max_deeplab as post_processing
+
+
+def dataset_info(config) -> dataset_registry.DatasetInfo:
+  name = (config.train_dataset_options.dataset or
+          config.eval_dataset_options.dataset)
+  return dataset_registry.get(name)
+
+
+def class_ids(info: dataset_registry.DatasetInfo):
+  """(thing ids, stuff ids) in class-logit order."""
+  ordered = max_deeplab_loss.thing_stuff_class_ids(
+      info.num_classes, info.ignore_label, info.thing_class_ids)
+  things = list(info.thing_class_ids)
+  return things, ordered[len(things):]
+
+
+def model_kwargs(config) -> Dict[str, object]:
+  """The `KMaXDeepLab` constructor arguments for `config`."""
+  info = dataset_info(config)
+  model = config.model_options
+  kmax = model.max_deeplab
+  things, stuff = class_ids(info)
+  transformer = kmax.transformer_decoder
+  num_slots = transformer.num_mask_slots
+  low_level = list(kmax.auxiliary_low_level)
+  solver = config.trainer_options.solver_options
+  kwargs = dict(
+      num_classes=len(things) + len(stuff),
+      semantic_num_classes=(kmax.auxiliary_semantic_head.output_channels or
+                            info.num_classes),
+      backbone=config_loader.canonical_backbone_name(model.backbone.name),
+      backbone_drop_path_keep_prob=model.backbone.drop_path_keep_prob,
+      backbone_width_multiplier=model.backbone.backbone_width_multiplier,
+      backbone_blocks_per_stage=list(model.backbone.blocks_per_stage) or None,
+      high_resolution_output_stride=(
+          kmax.pixel_decoder.high_resolution_output_stride),
+      pixel_decoder_num_blocks=list(kmax.pixel_decoder.num_blocks) or None,
+      pixel_decoder_width_multiplier=kmax.pixel_decoder.width_multiplier,
+      num_mask_slots=num_slots,
+      transformer_num_blocks=tuple(transformer.num_blocks) or (2, 2, 2),
+      transformer_channels=transformer.channels,
+      transformer_ffn_channels=transformer.ffn_channels,
+      transformer_num_heads=transformer.num_heads,
+      cross_attention=transformer.cross_attention,
+      transformer_drop_path_keep_prob=transformer.drop_path_keep_prob,
+      drop_query_keep_number=num_slots // 2 if transformer.use_drop_query
+      else 0,
+      pixel_head_channels=kmax.pixel_space_head.head_channels or 256,
+      pixel_output_channels=kmax.pixel_space_head.output_channels or 128,
+      use_semantic_branch=config.trainer_options.loss_options.HasField(
+          "semantic_loss"),
+      use_semantic_decoder=kmax.use_auxiliary_semantic_decoder,
+      semantic_head_channels=kmax.auxiliary_semantic_head.head_channels or 256,
+      semantic_feature_key=model.decoder.feature_key,
+      semantic_low_level_keys=tuple(x.feature_key for x in low_level) or
+      ("res3", "res2"),
+      semantic_low_level_channels=tuple(x.channels_project for x in low_level)
+      or (64, 32),
+      aspp_channels=model.decoder.aspp_channels,
+      semantic_decoder_channels=model.decoder.decoder_channels,
+      atrous_rates=tuple(model.decoder.atrous_rates) or (6, 12, 18),
+      use_sync_batch_norm=solver.use_sync_batchnorm,
+  )
+  return kwargs
+
+
+def build_model(config, crop_size=None) -> kmax_deeplab.KMaXDeepLab:
+  """Builds (and, with `crop_size`, creates the variables of) the model."""
+  model = kmax_deeplab.KMaXDeepLab(**model_kwargs(config))
+  if crop_size is not None:
+    height, width = (int(v) for v in crop_size)
+    model(tf.zeros([1, height, width, 3]), training=False,
+          return_semantic=True)
+  return model
+
+
+def build_loss(config, seed: Optional[tf.Tensor] = None
+               ) -> max_deeplab_loss.MaXDeepLabLoss:
+  info = dataset_info(config)
+  loss_options = config.trainer_options.loss_options
+  kmax = config.model_options.max_deeplab
+
+  def weight(name):
+    return (getattr(loss_options, name).weight
+            if loss_options.HasField(name) else 0.0)
+
+  return max_deeplab_loss.MaXDeepLabLoss(
+      num_classes=info.num_classes,
+      ignore_label=info.ignore_label,
+      thing_class_ids=info.thing_class_ids,
+      pq_style_loss_weight=weight("pq_style_loss"),
+      mask_id_cross_entropy_loss_weight=weight("mask_id_cross_entropy_loss"),
+      instance_discrimination_loss_weight=weight(
+          "instance_discrimination_loss"),
+      semantic_loss_weight=weight("semantic_loss"),
+      instance_discrimination_sample_k=kmax.instance_discrimination_sample_k,
+      instance_discrimination_sample_temperature=(
+          kmax.instance_discrimination_sample_temperature),
+      semantic_sample_k=kmax.semantic_sample_k,
+      semantic_sample_temperature=kmax.semantic_sample_temperature,
+      matching_implementation=loss_options.matching_implementation,
+      seed=seed)
+
+
+def build_post_processor(config) -> post_processing.MaskWiseMerging:
+  info = dataset_info(config)
+  evaluator = config.evaluator_options
+  maskwise = evaluator.maskwise_postprocessing
+  things, stuff = class_ids(info)
+  return post_processing.MaskWiseMerging(
+      thing_class_ids=things, stuff_class_ids=stuff,
+      label_divisor=info.panoptic_label_divisor,
+      void_label=info.ignore_label,
+      pixel_confidence_threshold=evaluator.pixel_confidence_threshold,
+      transformer_class_confidence_threshold_thing=(
+          maskwise.transformer_class_confidence_threshold_thing),
+      transformer_class_confidence_threshold_stuff=(
+          maskwise.transformer_class_confidence_threshold_stuff),
+      overlapping_threshold=maskwise.overlapping_threshold,
+      reorder_class_weight=maskwise.reorder_class_weight,
+      reorder_mask_weight=maskwise.reorder_mask_weight,
+      thing_area_limit=evaluator.thing_area_limit,
+      stuff_area_limit=evaluator.stuff_area_limit)
+
+
+def build_dataset(config, training: bool, seed: Optional[int] = None,
+                  batch_size: Optional[int] = None) -> tf.data.Dataset:
+  """The training (augmented, repeated) or evaluation dataset."""
+  options = (config.train_dataset_options if training
+             else config.eval_dataset_options)
+  info = dataset_registry.get(options.dataset)
+  augment = options.augmentations
+  copy_paste = augment.HasField("panoptic_copy_paste")
+  size = lambda values: tuple(values) if len(values) else None  # pylint: disable=g-long-lambda
+  return input_pipeline.build_dataset(
+      info, list(options.file_pattern),
+      batch_size=batch_size or options.batch_size,
+      crop_size=tuple(options.crop_size),
+      is_training=training,
+      min_resize_value=size(options.min_resize_value),
+      max_resize_value=size(options.max_resize_value),
+      resize_factor=options.resize_factor or None,
+      min_scale_factor=augment.min_scale_factor if training else 1.0,
+      max_scale_factor=augment.max_scale_factor if training else 1.0,
+      scale_factor_step=augment.scale_factor_step_size if training else 0.0,
+      autoaugment_policy=(augment.autoaugment_policy_name or None)
+      if training else None,
+      random_flip=augment.random_horizontal_flip,
+      copy_paste=copy_paste and training,
+      copy_paste_scale=augment.panoptic_copy_paste.panoptic_copy_paste_scale,
+      copy_paste_thing_option=(
+          augment.panoptic_copy_paste.panoptic_copy_paste_thing_option),
+      copy_paste_stuff_option=(
+          augment.panoptic_copy_paste.panoptic_copy_paste_stuff_option),
+      copy_paste_void_option=(
+          augment.panoptic_copy_paste.panoptic_copy_paste_void_option),
+      max_thing_id=options.max_thing_id,
+      small_instance_area=(options.small_instance_threshold
+                           if options.increase_small_instance_weights else 0),
+      small_instance_weight=(options.small_instance_weight
+                             if options.increase_small_instance_weights
+                             else 1.0),
+      seed=seed,
+      shuffle_buffer=options.shuffle_buffer_size)

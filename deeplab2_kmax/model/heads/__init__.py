@@ -1,0 +1,1 @@
+"""Prediction heads: the MaX-DeepLab head and the auxiliary semantic branch."""

@@ -1,0 +1,372 @@
+"""The kMaX transformer decoder (paper §3.2, Eq. 5-7; SPEC §2.3).
+
+Cross-attention between N cluster centres C [B, N, D] and pixel features
+P [B, HW, D] is recast as one k-means step:
+  E-step  assignment = one_hot(argmax_N(aux_head(P, C)))   [B, HW, N]
+          (hard, gradient stopped; the auxiliary head's mask logits are the
+          centre-pixel affinities Q^c (K^p)ᵀ and are deep-supervised)
+  M-step  C_hat = C + assignmentᵀ · V^p                    (Eq. 7: a sum)
+then multi-head self-attention among centres and an FFN. The softmax
+baseline (`cross_attention="softmax"`) replaces the E/M steps by ordinary
+multi-head cross-attention with a softmax over the HW pixels.
+"""
+
+from typing import Callable
+from typing import Dict
+from typing import List
+from typing import Sequence
+from typing import Tuple
+
+import tensorflow as tf
+import tf_keras
+
+from deeplab2_kmax import common
+from deeplab2_kmax.model.heads import max_deeplab
+from deeplab2_kmax.model.layers import activations
+from deeplab2_kmax.model.layers import checkpoint_keys
+from deeplab2_kmax.model.layers import convolutions
+from deeplab2_kmax.model.layers import drop_path
+
+CROSS_ATTENTIONS = ("kmeans", "softmax")
+
+
+class MultiHeadAttention(tf_keras.layers.Layer):
+  """Attention with batch norm on the similarity logits and retrieved values.
+
+  query [B, h, L, d_k], key [B, h, M, d_k], value [B, M, h, d_v] ->
+  [B, L, h * d_v]. As in Axial-DeepLab/MaX-DeepLab, logits are not scaled by
+  1/sqrt(d): the batch norm over heads (axis 1) sets their scale.
+  """
+
+  def __init__(self, name: str, activation: str = "gelu",
+               bn_layer: Callable[..., tf_keras.layers.Layer] = (
+                   tf_keras.layers.BatchNormalization)):
+    super().__init__(name=name)
+    self.batch_norm_similarity = bn_layer(axis=1, name="batch_norm_similarity")
+    self.batch_norm_retrieved_value = bn_layer(
+        axis=[1, 3], name="batch_norm_retrieved_value")
+    self._activation_fn = activations.get(activation)
+
+  def call(self, query, key, value, training=False):
+    logits = tf.einsum("bhld,bhmd->bhlm", query, key)
+    logits = self.batch_norm_similarity(logits, training=training)
+    weights = tf.nn.softmax(logits, axis=-1)
+    retrieved = tf.einsum("bhlm,bmhd->bhld", weights, value)
+    retrieved = self.batch_norm_retrieved_value(retrieved, training=training)
+    retrieved = self._activation_fn(retrieved)
+    batch, heads, length, depth = (tf.shape(retrieved)[0], retrieved.shape[1],
+                                   retrieved.shape[2], retrieved.shape[3])
+    return tf.reshape(tf.transpose(retrieved, [0, 2, 1, 3]),
+                      [batch, length, heads * depth])
+
+  def deeplab2_variable_map(self) -> checkpoint_keys.VariableMap:
+    return checkpoint_keys.merge(
+        checkpoint_keys.prefixed(
+            "_batch_norm_similarity",
+            checkpoint_keys.batch_norm_map(self.batch_norm_similarity)),
+        checkpoint_keys.prefixed(
+            "_batch_norm_retrieved_value",
+            checkpoint_keys.batch_norm_map(self.batch_norm_retrieved_value)))
+
+
+def _split_heads(x: tf.Tensor, num_heads: int) -> tf.Tensor:
+  """[B, L, h*d] -> [B, h, L, d]."""
+  length, channels = x.shape[1], x.shape[2]
+  x = tf.reshape(x, [-1, length, num_heads, channels // num_heads])
+  return tf.transpose(x, [0, 2, 1, 3])
+
+
+class KMaXLayer(tf_keras.layers.Layer):
+  """One kMaX transformer layer: cross-attention, self-attention, FFN."""
+
+  def __init__(self,
+               num_classes: int,
+               channels: int = 256,
+               ffn_channels: int = 2048,
+               num_heads: int = 8,
+               cross_attention: str = "kmeans",
+               drop_path_keep_prob: float = 1.0,
+               pixel_head_channels: int = 256,
+               pixel_output_channels: int = 128,
+               activation: str = "gelu",
+               bn_layer: Callable[..., tf_keras.layers.Layer] = (
+                   tf_keras.layers.BatchNormalization),
+               name: str = "kmax_layer"):
+    """Initialises the layer.
+
+    Args:
+      num_classes: Non-void classes of the auxiliary class head.
+      channels: D, the centre width (256); keys get D/2, values D.
+      ffn_channels: Hidden width of the centres' feed-forward network.
+      num_heads: Heads of the centre self-attention (and softmax baseline).
+      cross_attention: "kmeans" (Eq. 7) or "softmax" (the baseline).
+      drop_path_keep_prob: Stochastic-depth keep probability of each residual.
+      pixel_head_channels: Auxiliary head's pixel-space head width.
+      pixel_output_channels: Auxiliary head's embedding size.
+      activation: Activation function.
+      bn_layer: Batch-norm class.
+      name: Layer name.
+    """
+    super().__init__(name=name)
+    if cross_attention not in CROSS_ATTENTIONS:
+      raise ValueError(f"{name}: cross_attention must be one of "
+                       f"{CROSS_ATTENTIONS}, got {cross_attention!r}.")
+    key_channels, value_channels = channels // 2, channels
+    if key_channels % num_heads or value_channels % num_heads:
+      raise ValueError(f"{name}: channels {channels} do not split into "
+                       f"{num_heads} heads.")
+    self._channels = channels
+    self._key_channels = key_channels
+    self._value_channels = value_channels
+    self._num_heads = num_heads
+    self._cross_attention = cross_attention
+    self._keep_prob = drop_path_keep_prob
+    self._activation_fn = activations.get(activation)
+    qkv_init = lambda: tf_keras.initializers.TruncatedNormal(  # pylint: disable=g-long-lambda
+        stddev=channels**-0.5)
+    conv = lambda c, n, act=None, gamma="ones", init="he_normal": (  # pylint: disable=g-long-lambda
+        convolutions.Conv1DBN(c, n, bn_layer=bn_layer, activation=act,
+                              bn_gamma_initializer=gamma,
+                              kernel_initializer=init))
+    # 1. Input projections (the pixels are activated first).
+    self.memory_conv1_bn_act = conv(channels, "memory_conv1_bn_act", activation)
+    self.pixel_conv1_bn_act = conv(channels, "pixel_conv1_bn_act", activation)
+    # Centre self-attention: q, k, v from one projection.
+    self.memory_qkv_conv_bn = conv(2 * key_channels + value_channels,
+                                   "memory_qkv_conv_bn", init=qkv_init())
+    self.memory_attention = MultiHeadAttention("memory_attention", activation,
+                                               bn_layer)
+    self.memory_conv3_bn = conv(channels, "memory_conv3_bn", gamma="zeros")
+    # 2-3. Cross-attention.
+    if cross_attention == "kmeans":
+      self.pixel_v_conv_bn = conv(value_channels, "pixel_v_conv_bn",
+                                  init=qkv_init())
+      self.kmeans_memory_batch_norm_retrieved_value = bn_layer(
+          axis=-1, name="kmeans_memory_batch_norm_retrieved_value")
+      self.kmeans_memory_conv3_bn = conv(channels, "kmeans_memory_conv3_bn",
+                                         gamma="zeros")
+    else:
+      self.pixel_kv_conv_bn = conv(key_channels + value_channels,
+                                   "pixel_kv_conv_bn", init=qkv_init())
+      self.cross_attention = MultiHeadAttention("cross_attention", activation,
+                                                bn_layer)
+      self.cross_attention_conv3_bn = conv(channels, "cross_attention_conv3_bn",
+                                           gamma="zeros")
+    # 5. FFN.
+    self.memory_ffn_conv1_bn_act = conv(ffn_channels, "memory_ffn_conv1_bn_act",
+                                        activation)
+    self.memory_ffn_conv2_bn = conv(channels, "memory_ffn_conv2_bn",
+                                    gamma="zeros")
+    self.auxiliary_clustering_predictor = max_deeplab.MaXDeepLabHead(
+        num_classes, pixel_head_channels, pixel_output_channels,
+        activation=activation, bn_layer=bn_layer,
+        name="auxiliary_clustering_predictor")
+
+  def _drop_path(self, x, training):
+    if not training or self._keep_prob >= 1.0:
+      return x
+    return x * drop_path.drop_path_mask(x, self._keep_prob)
+
+  def call(self, pixels, centers, training=False
+           ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+    """pixels [B, H, W, Cp], centers [B, N, D] -> (new centers, aux dict)."""
+    height, width = pixels.shape[1], pixels.shape[2]
+    pixel_features = tf.reshape(self._activation_fn(pixels),
+                                [-1, height * width, pixels.shape[3]])
+    pixel_features = self.pixel_conv1_bn_act(pixel_features, training=training)
+    cluster_centers = self.memory_conv1_bn_act(centers, training=training)
+    # Queries, keys and values of the centres, all from the pre-update centres.
+    query, key, value = tf.split(
+        self.memory_qkv_conv_bn(cluster_centers, training=training),
+        [self._key_channels, self._key_channels, self._value_channels], axis=-1)
+
+    # The auxiliary prediction (deep-supervised in both variants).
+    pixel_features_2d = tf.reshape(pixel_features,
+                                   [-1, height, width, self._channels])
+    auxiliary = self.auxiliary_clustering_predictor(
+        pixel_features_2d, cluster_centers, cluster_centers, training=training)
+
+    if self._cross_attention == "kmeans":
+      # E-step (Eq. 5): each pixel goes to its most similar centre.
+      affinity = auxiliary[common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY]
+      num_centers = affinity.shape[-1]
+      assignment = tf.one_hot(tf.argmax(affinity, axis=-1), num_centers,
+                              dtype=pixel_features.dtype)
+      assignment = tf.stop_gradient(
+          tf.reshape(assignment, [-1, height * width, num_centers]))
+      # M-step (Eq. 7): centres gather the sum of their pixels' values.
+      values = self.pixel_v_conv_bn(pixel_features, training=training)
+      update = tf.einsum("bln,bld->bnd", assignment, values)
+      update = self.kmeans_memory_batch_norm_retrieved_value(
+          update, training=training)
+      update = self.kmeans_memory_conv3_bn(update, training=training)
+    else:
+      keys, values = tf.split(
+          self.pixel_kv_conv_bn(pixel_features, training=training),
+          [self._key_channels, self._value_channels], axis=-1)
+      update = self.cross_attention(
+          _split_heads(query, self._num_heads),
+          _split_heads(keys, self._num_heads),
+          tf.reshape(values, [-1, height * width, self._num_heads,
+                              self._value_channels // self._num_heads]),
+          training=training)
+      update = self.cross_attention_conv3_bn(update, training=training)
+    outputs = centers + self._drop_path(update, training)
+
+    # 4. Self-attention among the centres.
+    num_slots = centers.shape[1]
+    attended = self.memory_attention(
+        _split_heads(query, self._num_heads),
+        _split_heads(key, self._num_heads),
+        tf.reshape(value, [-1, num_slots, self._num_heads,
+                           self._value_channels // self._num_heads]),
+        training=training)
+    attended = self.memory_conv3_bn(attended, training=training)
+    outputs = self._activation_fn(outputs + self._drop_path(attended, training))
+
+    # 5. Feed-forward network.
+    ffn = self.memory_ffn_conv1_bn_act(outputs, training=training)
+    ffn = self.memory_ffn_conv2_bn(ffn, training=training)
+    outputs = self._activation_fn(outputs + self._drop_path(ffn, training))
+    return outputs, auxiliary
+
+  def deeplab2_variable_map(self) -> checkpoint_keys.VariableMap:
+    convs = ["memory_conv1_bn_act", "pixel_conv1_bn_act", "memory_qkv_conv_bn",
+             "memory_conv3_bn", "memory_ffn_conv1_bn_act", "memory_ffn_conv2_bn"]
+    if self._cross_attention == "kmeans":
+      convs += ["pixel_v_conv_bn", "kmeans_memory_conv3_bn"]
+    else:
+      convs += ["pixel_kv_conv_bn", "cross_attention_conv3_bn"]
+    maps = [checkpoint_keys.prefixed(
+        f"_{n}", checkpoint_keys.conv_bn_map(getattr(self, n))) for n in convs]
+    maps.append(checkpoint_keys.prefixed(
+        "_memory_attention", self.memory_attention.deeplab2_variable_map()))
+    if self._cross_attention == "kmeans":
+      maps.append(checkpoint_keys.prefixed(
+          "_kmeans_memory_batch_norm_retrieved_value",
+          checkpoint_keys.batch_norm_map(
+              self.kmeans_memory_batch_norm_retrieved_value)))
+    else:
+      maps.append(checkpoint_keys.prefixed(
+          "_cross_attention", self.cross_attention.deeplab2_variable_map()))
+    maps.append(checkpoint_keys.prefixed(
+        "_auxiliary_clustering_predictor",
+        self.auxiliary_clustering_predictor.deeplab2_variable_map(
+            underscore=True)))
+    return checkpoint_keys.merge(*maps)
+
+
+class KMaXTransformerDecoder(tf_keras.layers.Layer):
+  """N learnable centres refined by kMaX layers at os32, os16 and os8."""
+
+  FEATURE_KEYS = ("decoder_stage1", "decoder_stage2", "decoder_stage3")
+
+  def __init__(self,
+               num_classes: int,
+               num_mask_slots: int = 128,
+               num_blocks: Sequence[int] = (2, 2, 2),
+               channels: int = 256,
+               ffn_channels: int = 2048,
+               num_heads: int = 8,
+               cross_attention: str = "kmeans",
+               drop_path_keep_prob: float = 0.8,
+               drop_query_keep_number: int = 0,
+               pixel_head_channels: int = 256,
+               pixel_output_channels: int = 128,
+               activation: str = "gelu",
+               bn_layer: Callable[..., tf_keras.layers.Layer] = (
+                   tf_keras.layers.BatchNormalization),
+               name: str = "transformer_decoder"):
+    """Initialises the decoder.
+
+    Args:
+      num_classes: Non-void classes.
+      num_mask_slots: N, the number of cluster centres.
+      num_blocks: kMaX layers at os32, os16, os8.
+      channels: Centre width.
+      ffn_channels: FFN hidden width.
+      num_heads: Self-attention heads.
+      cross_attention: "kmeans" or "softmax".
+      drop_path_keep_prob: Stochastic depth of every kMaX residual.
+      drop_query_keep_number: If > 0, training keeps this many random centres
+        per image (drop query, paper §4.1); inference uses all.
+      pixel_head_channels: Auxiliary heads' pixel-space head width.
+      pixel_output_channels: Auxiliary heads' embedding size.
+      activation: Activation function.
+      bn_layer: Batch-norm class.
+      name: Layer name.
+    """
+    super().__init__(name=name)
+    if len(num_blocks) != 3:
+      raise ValueError(f"{name}: num_blocks needs 3 entries (os32, os16, os8), "
+                       f"got {list(num_blocks)}.")
+    if not 0 <= drop_query_keep_number <= num_mask_slots:
+      raise ValueError(f"{name}: drop_query_keep_number must be in "
+                       f"[0, {num_mask_slots}], got {drop_query_keep_number}.")
+    self._num_mask_slots = num_mask_slots
+    self._channels = channels
+    self._drop_query_keep_number = drop_query_keep_number
+    self._stage_of_layer = [s for s, n in enumerate(num_blocks)
+                            for _ in range(n)]
+    self.kmax_layers = [
+        KMaXLayer(num_classes, channels, ffn_channels, num_heads,
+                  cross_attention, drop_path_keep_prob, pixel_head_channels,
+                  pixel_output_channels, activation, bn_layer,
+                  name=f"kmax_layer_{i}")
+        for i in range(len(self._stage_of_layer))]
+    conv = lambda n: convolutions.Conv1DBN(channels, n, bn_layer=bn_layer,  # pylint: disable=g-long-lambda
+                                           activation=activation)
+    self.class_embedding_projection = conv("class_embedding_projection")
+    self.mask_embedding_projection = conv("mask_embedding_projection")
+
+  @property
+  def num_layers(self) -> int:
+    return len(self.kmax_layers)
+
+  def build(self, input_shape):
+    self.cluster_centers = self.add_weight(
+        name="cluster_centers", shape=(1, self._num_mask_slots, self._channels),
+        initializer=tf_keras.initializers.TruncatedNormal(stddev=1.0),
+        trainable=True)
+    super().build(input_shape)
+
+  def _initial_centers(self, batch_size, training):
+    centers = tf.tile(self.cluster_centers, [batch_size, 1, 1])
+    keep = self._drop_query_keep_number
+    if training and 0 < keep < self._num_mask_slots:
+      # Drop query: a random subset of `keep` centres per image.
+      scores = tf.random.uniform([batch_size, self._num_mask_slots])
+      _, indices = tf.math.top_k(scores, k=keep)
+      centers = tf.gather(centers, indices, batch_dims=1)
+    return centers
+
+  def call(self, features: Dict[str, tf.Tensor], training=False):
+    """Returns class/mask embeddings [B, N, D] and the per-layer aux outputs."""
+    batch_size = tf.shape(features[self.FEATURE_KEYS[0]])[0]
+    centers = self._initial_centers(batch_size, training)
+    auxiliary: List[Dict[str, tf.Tensor]] = []
+    for layer, stage in zip(self.kmax_layers, self._stage_of_layer):
+      centers, aux = layer(features[self.FEATURE_KEYS[stage]], centers,
+                           training=training)
+      auxiliary.append(aux)
+    return {
+        "class_embedding": self.class_embedding_projection(centers,
+                                                           training=training),
+        "mask_embedding": self.mask_embedding_projection(centers,
+                                                         training=training),
+        common.PRED_AUXILIARY_OUTPUTS: auxiliary,
+    }
+
+  def deeplab2_variable_map(self) -> checkpoint_keys.VariableMap:
+    maps = [{"cluster_centers": self.cluster_centers},
+            checkpoint_keys.prefixed(
+                "_class_embedding_projection",
+                checkpoint_keys.conv_bn_map(self.class_embedding_projection)),
+            checkpoint_keys.prefixed(
+                "_mask_embedding_projection",
+                checkpoint_keys.conv_bn_map(self.mask_embedding_projection))]
+    for i, layer in enumerate(self.kmax_layers):
+      maps.append(checkpoint_keys.prefixed(
+          f"_kmax_decoder/{i}/_block1_transformer",
+          layer.deeplab2_variable_map()))
+    return checkpoint_keys.merge(*maps)

@@ -1,0 +1,177 @@
+"""Mask-wise merging post-processing (SPEC §4; as MaskFormer / CMT-DeepLab).
+
+Static shapes and TensorFlow ops only, so it runs inside `tf.function`, XLA
+and a SavedModel. Per image:
+  1. each slot's class = argmax of its non-void class probabilities, its
+     class confidence = that probability;
+  2. each slot's mask score = mean mask probability over the pixels where it
+     exceeds `pixel_confidence_threshold` (at the logits' resolution);
+  3. slots are sorted by confidence^reorder_class_weight x
+     mask_score^reorder_mask_weight (descending, stable);
+  4. mask logits are resized (bilinear, aligned corners) to the image; in
+     sorted order each confident slot (class threshold for things / stuff)
+     pastes its binary mask (probability > pixel threshold) onto the free
+     pixels, unless fewer than `overlapping_threshold` of its pixels are free;
+  5. thing segments smaller than `thing_area_limit` and stuff classes smaller
+     than `stuff_area_limit` become void.
+Outputs: panoptic = semantic x label_divisor + instance (instance = 1 + rank
+of the slot among the sorted slots, things only), semantic, instance,
+per-pixel confidence (max mask probability) and the pasted slot's class
+confidence (for AP).
+"""
+
+from typing import Dict
+from typing import Sequence
+
+import tensorflow as tf
+
+from deeplab2_kmax import common
+from deeplab2_kmax.model.layers import resized_fuse
+
+PRED_MASK_ID_KEY = "mask_id_pred"
+
+
+class MaskWiseMerging:
+  """Callable: model outputs -> panoptic / semantic / instance maps."""
+
+  def __init__(self,
+               thing_class_ids: Sequence[int],
+               stuff_class_ids: Sequence[int],
+               label_divisor: int,
+               void_label: int,
+               pixel_confidence_threshold: float = 0.4,
+               transformer_class_confidence_threshold_thing: float = 0.7,
+               transformer_class_confidence_threshold_stuff: float = 0.5,
+               overlapping_threshold: float = 0.8,
+               reorder_class_weight: float = 1.0,
+               reorder_mask_weight: float = 1.0,
+               thing_area_limit: int = 0,
+               stuff_area_limit: int = 0):
+    """Initialises the post-processor.
+
+    Args:
+      thing_class_ids: Dataset ids of thing classes (class-logit order).
+      stuff_class_ids: Dataset ids of stuff classes, after the things.
+      label_divisor: Panoptic label divisor.
+      void_label: Semantic label of unassigned pixels.
+      pixel_confidence_threshold: Mask probability for a pixel to join a mask.
+      transformer_class_confidence_threshold_thing: Keeps thing slots above.
+      transformer_class_confidence_threshold_stuff: Keeps stuff slots above.
+      overlapping_threshold: Minimum fraction of a mask left after occlusion.
+      reorder_class_weight: Exponent of the class confidence in the order.
+      reorder_mask_weight: Exponent of the mask score in the order.
+      thing_area_limit: Minimum pixels of a thing segment (0: no limit).
+      stuff_area_limit: Minimum pixels of a stuff class (0: no limit).
+    """
+    self._class_ids = list(thing_class_ids) + list(stuff_class_ids)
+    self._num_things = len(thing_class_ids)
+    self._label_divisor = label_divisor
+    self._void_label = void_label
+    self._pixel_threshold = pixel_confidence_threshold
+    self._thing_threshold = transformer_class_confidence_threshold_thing
+    self._stuff_threshold = transformer_class_confidence_threshold_stuff
+    self._overlap = overlapping_threshold
+    self._class_weight = reorder_class_weight
+    self._mask_weight = reorder_mask_weight
+    self._thing_area_limit = thing_area_limit
+    self._stuff_area_limit = stuff_area_limit
+
+  def __call__(self, outputs: Dict[str, tf.Tensor],
+               image_size: Sequence[int] = None) -> Dict[str, tf.Tensor]:
+    """Args: model outputs; image_size (H, W) to resize logits to."""
+    mask_logits = outputs[common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY]
+    class_logits = outputs[common.PRED_TRANSFORMER_CLASS_LOGITS_KEY]
+    if image_size is None:
+      raise ValueError("image_size (the model input's H, W) is required.")
+    height, width = int(image_size[0]), int(image_size[1])
+    num_slots = mask_logits.shape[-1]
+
+    class_probs = tf.nn.softmax(class_logits, axis=-1)[..., :-1]
+    class_pred = tf.argmax(class_probs, axis=-1, output_type=tf.int32)
+    confidence = tf.reduce_max(class_probs, axis=-1)  # [B, N]
+
+    low_res_probs = tf.nn.softmax(mask_logits, axis=-1)
+    low_res_detected = tf.cast(low_res_probs > self._pixel_threshold,
+                               tf.float32)
+    mask_score = tf.math.divide_no_nan(
+        tf.reduce_sum(low_res_probs * low_res_detected, axis=[1, 2]),
+        tf.reduce_sum(low_res_detected, axis=[1, 2]))
+    order = tf.argsort(
+        confidence**self._class_weight * mask_score**self._mask_weight,
+        axis=-1, direction="DESCENDING", stable=True)
+    class_pred = tf.gather(class_pred, order, batch_dims=1)
+    confidence = tf.gather(confidence, order, batch_dims=1)
+    is_thing = class_pred < self._num_things
+    confident = tf.where(is_thing, confidence >= self._thing_threshold,
+                         confidence >= self._stuff_threshold)
+    any_detection = tf.reduce_any(
+        tf.logical_or(confidence >= self._thing_threshold,
+                      confidence >= self._stuff_threshold), axis=-1)
+
+    logits = resized_fuse.resize_bilinear_align_corners(mask_logits,
+                                                        [height, width])
+    probs = tf.nn.softmax(logits, axis=-1)
+    pixel_confidence = tf.reduce_max(probs, axis=-1)
+    detected = tf.gather(probs > self._pixel_threshold, order, axis=-1,
+                         batch_dims=1)  # [B, H, W, N] in sorted order.
+    detected = tf.transpose(tf.cast(detected, tf.float32), [3, 0, 1, 2])
+
+    def paste(index, canvas, class_score):
+      mask = detected[index]
+      free = mask * tf.cast(tf.equal(canvas, 0), tf.float32)
+      before = tf.reduce_sum(mask, axis=[1, 2])
+      after = tf.reduce_sum(free, axis=[1, 2])
+      keep = tf.logical_and(confident[:, index], after > before * self._overlap)
+      free *= tf.cast(keep, tf.float32)[:, tf.newaxis, tf.newaxis]
+      canvas += tf.cast(free, tf.int32) * (index + 1)
+      score = confidence[:, index][:, tf.newaxis, tf.newaxis]
+      class_score = (1.0 - free) * class_score + free * score
+      return index + 1, canvas, class_score
+
+    batch = tf.shape(mask_logits)[0]
+    _, canvas, class_score = tf.while_loop(
+        lambda i, *_: i < num_slots, paste,
+        (tf.constant(0), tf.zeros([batch, height, width], tf.int32),
+         tf.zeros([batch, height, width], tf.float32)),
+        maximum_iterations=num_slots)
+
+    assigned = canvas > 0
+    slot = tf.maximum(canvas - 1, 0)
+    class_index = tf.gather(class_pred, slot, batch_dims=1)
+    semantic = tf.gather(tf.constant(self._class_ids, tf.int32), class_index)
+    thing_pixels = tf.logical_and(assigned, class_index < self._num_things)
+    stuff_pixels = tf.logical_and(assigned, class_index >= self._num_things)
+    instance = tf.where(thing_pixels, slot + 1, 0)
+    if self._thing_area_limit > 0:
+      thing_pixels = tf.logical_and(
+          thing_pixels, _area_at_least(instance, self._thing_area_limit, num_slots + 1))
+      instance = tf.where(thing_pixels, instance, 0)
+    if self._stuff_area_limit > 0:
+      stuff_semantic = tf.where(stuff_pixels, semantic + 1, 0)
+      stuff_pixels = tf.logical_and(
+          stuff_pixels, _area_at_least(stuff_semantic, self._stuff_area_limit,
+                                        max(self._class_ids) + 2))
+    kept = tf.logical_and(tf.logical_or(thing_pixels, stuff_pixels),
+                          any_detection[:, tf.newaxis, tf.newaxis])
+    semantic = tf.where(kept, semantic, self._void_label)
+    instance = tf.where(kept, instance, 0)
+    panoptic = semantic * self._label_divisor + instance
+    return {
+        common.PRED_PANOPTIC_KEY: panoptic,
+        common.PRED_SEMANTIC_KEY: semantic,
+        common.PRED_INSTANCE_KEY: instance,
+        common.PRED_SEMANTIC_PROBS_KEY: pixel_confidence,
+        common.PRED_INSTANCE_SCORES_KEY: tf.where(kept, class_score, 0.0),
+        PRED_MASK_ID_KEY: tf.where(kept, canvas, 0),
+    }
+
+
+def _area_at_least(ids: tf.Tensor, limit: int, length: int) -> tf.Tensor:
+  """[B, H, W] bool: the pixel's id (< length) covers at least `limit` px."""
+  batch = tf.shape(ids)[0]
+  flat = tf.reshape(ids, [batch, -1])
+  counts = tf.raw_ops.DenseBincount(
+      input=flat, size=tf.constant(length, tf.int32),
+      weights=tf.zeros([0], tf.int32), binary_output=False)
+  area = tf.gather(counts, flat, batch_dims=1)
+  return tf.reshape(area >= limit, tf.shape(ids))
