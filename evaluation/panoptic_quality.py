@@ -90,7 +90,7 @@ class PanopticQuality:
     g_classes = gt_class[real_gt]
     p_classes = pred_class[real_pred]
     np.add.at(self.tp, g_classes[gt_matched], 1)
-    np.add.at(self.iou, g_classes[gt_matched], iou.max(axis=1)[gt_matched])
+    np.add.at(self.iou, g_classes[gt_matched], iou.max(axis=1, initial=0.0)[gt_matched])
     np.add.at(self.fn, g_classes[~gt_matched], 1)
 
     # Unmatched predictions: FP unless mostly on void or own-class crowd.

@@ -320,3 +320,13 @@ class MaXDeepLabLoss:
     one_hot = tf.one_hot(labels, logits.shape[-1])
     ce = tf.nn.softmax_cross_entropy_with_logits(one_hot, logits)
     return _mean_of_nonzero(ce * weights * keep)
+
+
+def term_names(num_auxiliary_outputs: int, with_semantic: bool) -> List[str]:
+  """Names of the terms `MaXDeepLabLoss` returns, total included."""
+  names = list(PER_OUTPUT_TERMS)
+  for index in range(num_auxiliary_outputs):
+    names += [f"aux_{index}{term}" for term in PER_OUTPUT_TERMS]
+  if with_semantic:
+    names.append(SEMANTIC)
+  return names + [TOTAL]

@@ -123,3 +123,12 @@ def test_size_mismatch_is_an_error():
   metric = panoptic_quality.PanopticQuality(NUM_CLASSES, 0, DIVISOR, THINGS)
   with pytest.raises(ValueError, match="differ in size"):
     metric.update(np.zeros((4, 4)), np.zeros((4, 5)))
+
+
+def test_empty_prediction_counts_every_segment_as_missed():
+  rng = np.random.default_rng(2)
+  gt = _random_panoptic(rng, (32, 32), crowd=False)
+  metric = panoptic_quality.PanopticQuality(NUM_CLASSES, 0, DIVISOR, THINGS)
+  metric.update(gt, np.zeros_like(gt))
+  assert metric.result()["PQ"] == 0.0
+  assert metric.fn.sum() == len(np.unique(gt[gt > 0]))

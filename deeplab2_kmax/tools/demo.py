@@ -1,0 +1,242 @@
+r"""The newcomer demo: synthetic data -> train -> evaluate -> export -> render.
+
+  python -m deeplab2_kmax.tools.demo --output_dir=demo_output
+
+Runs the whole library on a laptop CPU in minutes, with the same code path as
+the paper models (SPEC §1):
+  1. builds the synthetic panoptic dataset (SPEC §5) into OUTPUT/data;
+  2. trains the small kMaX-DeepLab of configs/synthetic/ into OUTPUT/model
+     (a second run resumes from the last checkpoint);
+  3. evaluates PQ / AP / mIoU on the held-out split;
+  4. exports a SavedModel to OUTPUT/saved_model;
+  5. runs the SavedModel on a few validation images and writes, per image,
+     OUTPUT/render/NAME.png (image | ground truth | prediction) and
+     OUTPUT/render/NAME_clusters.png (the pixel-to-cluster assignment of every
+     kMaX layer, paper Fig. 4: one colour per cluster centre, one panel per
+     decoder layer).
+"""
+
+import json
+import os
+import sys
+import time
+from typing import Dict
+from typing import List
+from typing import Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from deeplab2_kmax import common
+from deeplab2_kmax import config_loader
+from deeplab2_kmax import visualization
+from deeplab2_kmax.data import build_synthetic_data
+from deeplab2_kmax.data import dataset_registry
+from deeplab2_kmax.data import input_pipeline
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+DEFAULT_CONFIG = os.path.join(_REPO_ROOT, "configs", "synthetic",
+                              "kmax_tiny_r50_os32.textproto")
+
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "demo_output",
+                                  "Where data, model, SavedModel and PNGs go.")
+_CONFIG_FILE = flags.DEFINE_string("config_file", DEFAULT_CONFIG,
+                                   "Experiment textproto (${DATA_DIR} is set).")
+_NUM_TRAIN = flags.DEFINE_integer("num_train", 2000, "Synthetic train images.")
+_NUM_VAL = flags.DEFINE_integer("num_val", 200, "Synthetic val images.")
+_SEED = flags.DEFINE_integer("seed", 0, "Dataset seed.")
+_NUM_RENDER = flags.DEFINE_integer("num_render", 4,
+                                   "Validation images to render.")
+_TRAINING_STEPS = flags.DEFINE_integer(
+    "training_steps", None, "Override trainer_options.solver_options."
+    "training_number_of_steps (default: the config's).")
+_CROSS_ATTENTION = flags.DEFINE_enum(
+    "cross_attention", None, ["kmeans", "softmax"],
+    "Override the transformer decoder's cross-attention (for the ablation).")
+_RANDOM_SEED = flags.DEFINE_integer(
+    "random_seed", None, "Override the experiment's random_seed.")
+_SKIP_EXPORT = flags.DEFINE_bool("skip_export", False,
+                                 "Stop after evaluation (used by ablations).")
+
+
+class DemoError(RuntimeError):
+  """A demo step failed; the message names the step and the path."""
+
+
+def prepare_data(data_dir: str, num_train: int, num_val: int, seed: int):
+  """Builds the synthetic dataset unless a complete copy is already there."""
+  marker = os.path.join(data_dir, "demo_dataset.json")
+  wanted = {"num_train": num_train, "num_val": num_val, "seed": seed}
+  if os.path.exists(marker):
+    with open(marker) as f:
+      if json.load(f) == wanted:
+        logging.info("Reusing the synthetic dataset in %s", data_dir)
+        return
+    raise DemoError(
+        f"{data_dir} holds a synthetic dataset built with other settings "
+        f"({marker}); choose another --output_dir or delete it")
+  if os.path.isdir(data_dir) and os.listdir(data_dir):
+    raise DemoError(f"{data_dir} exists and is not a demo dataset; choose "
+                    "another --output_dir")
+  logging.info("Building the synthetic dataset in %s", data_dir)
+  build_synthetic_data.build(data_dir, num_train=num_train, num_val=num_val,
+                             seed=seed)
+  with open(marker, "w") as f:
+    json.dump(wanted, f)
+
+
+def load_demo_config(config_file: str, data_dir: str,
+                     training_steps: Optional[int] = None,
+                     cross_attention: Optional[str] = None,
+                     random_seed: Optional[int] = None):
+  """The demo experiment config with the data folder and overrides filled."""
+  config = config_loader.load_config(config_file, {"DATA_DIR": data_dir})
+  if training_steps is not None:
+    config.trainer_options.solver_options.training_number_of_steps = (
+        training_steps)
+  if cross_attention is not None:
+    config.model_options.max_deeplab.transformer_decoder.cross_attention = (
+        cross_attention)
+  if random_seed is not None:
+    config.random_seed = random_seed
+  config_loader.validate(config, config_file)
+  return config
+
+
+def validation_examples(config, count: int) -> List[Dict[str, np.ndarray]]:
+  """The first `count` validation images with their raw panoptic GT."""
+  info = dataset_registry.get(config.eval_dataset_options.dataset)
+  dataset = input_pipeline.build_dataset(
+      info, config.eval_dataset_options.file_pattern, batch_size=1,
+      crop_size=tuple(config.eval_dataset_options.crop_size),
+      is_training=False, shuffle=False, repeat=False)
+  examples = []
+  for batch in dataset.take(count):
+    height, width = (int(v) for v in batch[common.GT_SIZE_RAW][0].numpy()[:2])
+    image = batch[common.IMAGE][0].numpy()[:height, :width]
+    examples.append({
+        "name": batch[common.IMAGE_NAME][0].numpy().decode(),
+        "image": np.clip(np.round(image), 0, 255).astype(np.uint8),
+        "panoptic": batch[common.GT_PANOPTIC_RAW][0].numpy()[:height, :width],
+    })
+  return examples
+
+
+def render_examples(saved_model_dir: str, examples, info, render_dir: str,
+                    num_centres: int) -> List[str]:
+  """Runs the SavedModel on each example; writes the two PNGs per image."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(render_dir, exist_ok=True)
+  model = tf.saved_model.load(saved_model_dir)
+  serve = model.signatures["serving_default"]
+  written = []
+  for example in examples:
+    image = example["image"]
+    outputs = serve(image=tf.constant(image))
+    predicted = outputs["panoptic_pred"][0].numpy()
+    panels = [image]
+    for panoptic in (example["panoptic"], predicted):
+      colored = visualization.colorize_panoptic(
+          panoptic, info.panoptic_label_divisor, info.colormap,
+          info.ignore_label)
+      panels.append(visualization.overlay(
+          image, colored,
+          boundaries=visualization.segment_boundaries(panoptic)))
+    path = os.path.join(render_dir, example["name"] + ".png")
+    visualization.save_png(visualization.hstack_panels(panels), path)
+    written.append(path)
+    if "cluster_assignments" in outputs:
+      # [L, h, w]: the argmax over centres that each kMaX layer used.
+      assignments = outputs["cluster_assignments"][0].numpy()
+      palette = visualization.cluster_palette(num_centres)
+      strip = visualization.hstack_panels(
+          [image] + [visualization.resize_nearest(palette[a], image.shape[:2])
+                     for a in assignments])
+      path = os.path.join(render_dir, example["name"] + "_clusters.png")
+      visualization.save_png(strip, path)
+      written.append(path)
+  return written
+
+
+def run_demo(output_dir: str, config_file: str = DEFAULT_CONFIG,
+             num_train: int = 2000, num_val: int = 200, seed: int = 0,
+             num_render: int = 4, training_steps: Optional[int] = None,
+             cross_attention: Optional[str] = None,
+             random_seed: Optional[int] = None,
+             skip_export: bool = False,
+             data_dir: Optional[str] = None) -> Dict[str, object]:
+  """Runs the five demo steps; returns the metrics and the output paths."""
+  # Imported here so that `--help` and flag errors stay instant.
+  from deeplab2_kmax.trainer import export_lib  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.trainer import train_lib  # pylint: disable=g-import-not-at-top
+
+  start = time.time()
+  output_dir = os.path.abspath(output_dir)
+  data_dir = os.path.abspath(data_dir or os.path.join(output_dir, "data"))
+  model_dir = os.path.join(output_dir, "model")
+  saved_model_dir = os.path.join(output_dir, "saved_model")
+  render_dir = os.path.join(output_dir, "render")
+
+  prepare_data(data_dir, num_train, num_val, seed)
+  config = load_demo_config(config_file, data_dir, training_steps,
+                            cross_attention, random_seed)
+  info = dataset_registry.get(config.eval_dataset_options.dataset)
+
+  metrics = train_lib.run_experiment(config, model_dir, mode="train_and_eval")
+  result = {"metrics": metrics, "model_dir": model_dir,
+            "seconds": time.time() - start}
+  if skip_export:
+    return result
+
+  checkpoint = train_lib.latest_checkpoint(model_dir)
+  if os.path.isdir(saved_model_dir) and os.listdir(saved_model_dir):
+    # Never overwrite: keep the previous export beside the new one.
+    saved_model_dir = os.path.join(
+        output_dir, "saved_model_" + os.path.basename(checkpoint))
+  if not (os.path.isdir(saved_model_dir) and os.listdir(saved_model_dir)):
+    export_lib.export(config, checkpoint, saved_model_dir)
+  result["saved_model"] = saved_model_dir
+  result["renders"] = render_examples(
+      saved_model_dir, validation_examples(config, num_render), info,
+      render_dir,
+      config.model_options.max_deeplab.transformer_decoder.num_mask_slots)
+  result["seconds"] = time.time() - start
+  return result
+
+
+def _summary(result: Dict[str, object]) -> str:
+  metrics = result["metrics"]
+  lines = ["", "kMaX-DeepLab demo finished in "
+           f"{result['seconds'] / 60:.1f} min."]
+  for key, label in (("PQ", "PQ"), ("PQ_Th", "PQ^Th"), ("PQ_St", "PQ^St"),
+                     ("AP", "AP"), ("mIoU", "mIoU")):
+    if key in metrics:
+      lines.append(f"  {label:6s} {100 * metrics[key]:.1f}")
+  if "saved_model" in result:
+    lines.append(f"  SavedModel: {result['saved_model']}")
+    lines.append(f"  Renders:    {os.path.dirname(result['renders'][0])} "
+                 f"({len(result['renders'])} PNGs)")
+  lines.append(f"  Checkpoints and TensorBoard logs: {result['model_dir']}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    result = run_demo(
+        _OUTPUT_DIR.value, _CONFIG_FILE.value, _NUM_TRAIN.value, _NUM_VAL.value,
+        _SEED.value, _NUM_RENDER.value, _TRAINING_STEPS.value,
+        _CROSS_ATTENTION.value, _RANDOM_SEED.value, _SKIP_EXPORT.value)
+  except (DemoError, config_loader.ConfigError) as e:
+    print(f"ERROR: {e}", file=sys.stderr)
+    sys.exit(1)
+  print(_summary(result))
+
+
+if __name__ == "__main__":
+  app.run(main)

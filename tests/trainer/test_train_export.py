@@ -1,0 +1,112 @@
+"""Training, exact resume, evaluation and SavedModel export (SPEC §6, §8)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import trainer_test_utils as utils
+
+from deeplab2_kmax import builders
+from deeplab2_kmax import common
+from deeplab2_kmax.trainer import export_lib
+from deeplab2_kmax.trainer import train_lib
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return utils.tiny_data(str(tmp_path_factory.mktemp("synthetic")))
+
+
+def test_train_resume_evaluate_export(data_dir, tmp_path):
+  model_dir = str(tmp_path / "model")
+  config = utils.tiny_config(data_dir, steps=2)
+  train_lib.run_experiment(config, model_dir, "train")
+  assert train_lib.latest_checkpoint(model_dir).endswith("ckpt-2")
+  first = tf.train.load_checkpoint(train_lib.latest_checkpoint(model_dir))
+
+  # Same command with a later last step: resumes at step 2, not from 0.
+  config = utils.tiny_config(data_dir, steps=4)
+  metrics = train_lib.run_experiment(config, model_dir, "train_and_eval")
+  assert train_lib.latest_checkpoint(model_dir).endswith("ckpt-4")
+  reader = tf.train.load_checkpoint(train_lib.latest_checkpoint(model_dir))
+  assert reader.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE") == 4
+  assert first.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE") == 2
+  # Optimiser slots are checkpointed (exact resume), for both optimisers.
+  names = reader.get_variable_to_shape_map()
+  assert any(k.startswith("optimizer/") for k in names)
+  assert any(k.startswith("backbone_optimizer/") for k in names)
+  for key in ("PQ", "PQ_Th", "PQ_St", "mIoU"):
+    assert 0.0 <= metrics[key] <= 1.0
+
+  saved = str(tmp_path / "saved_model")
+  export_lib.export(config, train_lib.latest_checkpoint(model_dir), saved)
+  with pytest.raises(export_lib.ExportError, match="refusing to overwrite"):
+    export_lib.export(config, train_lib.latest_checkpoint(model_dir), saved)
+
+  # In-library reference on the same image, resized the same way.
+  model = builders.build_model(config, crop_size=(64, 64))
+  tf.train.Checkpoint(model=model).restore(
+      train_lib.latest_checkpoint(model_dir)).expect_partial()
+  post = builders.build_post_processor(config)
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
+  expected = post(model(tf.constant(image[None], tf.float32),
+                        training=False), (64, 64))
+  np.save(tmp_path / "image.npy", image)
+
+  # A fresh process that never imports deeplab2_kmax.
+  script = textwrap.dedent(f"""
+      import json, sys, numpy as np, tensorflow as tf
+      assert "deeplab2_kmax" not in sys.modules
+      model = tf.saved_model.load({saved!r})
+      serve = model.signatures["serving_default"]
+      image = np.load({str(tmp_path / "image.npy")!r})
+      out = serve(image=tf.constant(image))
+      np.save({str(tmp_path / "pan.npy")!r}, out["panoptic_pred"].numpy())
+      odd = serve(image=tf.constant(np.zeros((97, 131, 3), np.uint8)))
+      wide = serve(image=tf.constant(np.zeros((200, 60, 3), np.uint8)))
+      print(json.dumps({{k: list(v.shape) for k, v in odd.items()}}))
+      print(json.dumps({{"wide": list(wide["panoptic_pred"].shape),
+                         "dtype": odd["panoptic_pred"].dtype.name}}))
+      assert "deeplab2_kmax" not in sys.modules
+  """)
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, check=True)
+  shapes, extra = [json.loads(line) for line in result.stdout.splitlines()[-2:]]
+  assert shapes["panoptic_pred"] == [1, 97, 131]
+  assert shapes["semantic_pred"] == [1, 97, 131]
+  assert shapes["instance_pred"] == [1, 97, 131]
+  assert shapes["cluster_assignments"][:2] == [1, 3]
+  assert extra == {"wide": [1, 200, 60], "dtype": "int32"}
+  served = np.load(tmp_path / "pan.npy")
+  np.testing.assert_array_equal(served, expected[common.PRED_PANOPTIC_KEY])
+
+
+def test_missing_data_and_bad_model_dir_are_named(tmp_path):
+  config = utils.tiny_config(str(tmp_path / "nowhere"))
+  with pytest.raises(train_lib.ExperimentError,
+                     match="train_dataset_options.file_pattern"):
+    train_lib.run_experiment(config, str(tmp_path / "model"), "train")
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(train_lib.ExperimentError, match="model_dir"):
+    train_lib.run_experiment(config, str(blocker / "model"), "train")
+  with pytest.raises(train_lib.ExperimentError, match="--mode"):
+    train_lib.run_experiment(config, str(tmp_path / "model"), "fit")
+
+
+def test_cli_reports_a_bad_config(tmp_path):
+  bad = tmp_path / "bad.textproto"
+  bad.write_text("model_options { no_such_field: 1 }\n")
+  result = subprocess.run(
+      [sys.executable, "-m", "deeplab2_kmax.trainer.train",
+       f"--config_file={bad}", f"--model_dir={tmp_path / 'model'}"],
+      capture_output=True, text=True)
+  assert result.returncode != 0
+  assert str(bad) in result.stderr
+  assert not os.path.exists(tmp_path / "model" / "checkpoint")

@@ -1,0 +1,77 @@
+r"""Trains and/or evaluates kMaX-DeepLab from a textproto config.
+
+  python -m deeplab2_kmax.trainer.train --config_file=F --model_dir=D \
+      --mode={train,eval,train_and_eval,continuous_eval} [--num_gpus=K] \
+      [--master=TPU_ADDRESS] [--tpu=NAME] [--define NAME=VALUE ...]
+
+`${NAME}` placeholders in the config are filled from --define, then from the
+environment. Re-running the same command resumes from the last checkpoint.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from deeplab2_kmax import config_loader
+
+_CONFIG_FILE = flags.DEFINE_string("config_file", None, "Experiment textproto.")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None,
+                                 "Checkpoints and summaries go here.")
+_MODE = flags.DEFINE_enum("mode", "train_and_eval",
+                          ["train", "eval", "train_and_eval",
+                           "continuous_eval"], "What to run.")
+_NUM_GPUS = flags.DEFINE_integer(
+    "num_gpus", 0, "GPUs for MirroredStrategy (-1: every visible device).")
+_MASTER = flags.DEFINE_string("master", None, "TPU address (grpc://...).")
+_TPU = flags.DEFINE_string("tpu", None, "TPU name.")
+_DEFINE = flags.DEFINE_multi_string(
+    "define", [], "NAME=VALUE to fill ${NAME} in the config.")
+
+
+def parse_defines(defines):
+  values = dict(os.environ)
+  for item in defines:
+    if "=" not in item:
+      raise config_loader.ConfigError(
+          f"--define {item!r}: expected NAME=VALUE")
+    name, value = item.split("=", 1)
+    values[name] = value
+  return values
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not _CONFIG_FILE.value or not _MODEL_DIR.value:
+    raise app.UsageError("--config_file and --model_dir are required.")
+  # Imported late so flag errors stay fast.
+  from deeplab2_kmax.trainer import distribution  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.trainer import train_lib  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.trainer import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  try:
+    config = config_loader.load_config(_CONFIG_FILE.value,
+                                       parse_defines(_DEFINE.value))
+    missing = config_loader.unresolved_placeholders(config)
+    if missing:
+      raise config_loader.ConfigError(
+          f"{_CONFIG_FILE.value}: unresolved placeholders "
+          + ", ".join(f"{field}: {value}" for field, value in missing.items())
+          + " (pass --define NAME=VALUE or set the environment variable)")
+    strategy = distribution.get_strategy(_NUM_GPUS.value, _MASTER.value,
+                                         _TPU.value)
+    metrics = train_lib.run_experiment(config, _MODEL_DIR.value, _MODE.value,
+                                       strategy)
+  except (config_loader.ConfigError, train_lib.ExperimentError,
+          trainer_lib.NonFiniteLossError) as e:
+    logging.error("%s", e)
+    print(f"ERROR: {e}", file=sys.stderr)
+    sys.exit(1)
+  for name, value in sorted(metrics.items()):
+    logging.info("eval/%s = %.4f", name, value)
+
+
+if __name__ == "__main__":
+  app.run(main)

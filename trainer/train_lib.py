@@ -1,0 +1,170 @@
+"""Wires model, data, loss, trainer, evaluator and checkpoints (Orbit)."""
+
+import os
+from typing import Dict
+from typing import Optional
+
+from absl import logging
+import orbit
+import tensorflow as tf
+import tf_keras
+
+from deeplab2_kmax import builders
+from deeplab2_kmax.data import input_pipeline
+from deeplab2_kmax.losses import max_deeplab_loss
+from deeplab2_kmax.trainer import evaluator as evaluator_lib
+from deeplab2_kmax.trainer import trainer as trainer_lib
+
+MODES = ("train", "eval", "train_and_eval", "continuous_eval")
+
+
+class ExperimentError(ValueError):
+  """A setup problem (paths, data, checkpoints); the message names it."""
+
+
+def latest_checkpoint(model_dir: str) -> Optional[str]:
+  return tf.train.latest_checkpoint(model_dir)
+
+
+def _check_model_dir(model_dir: str):
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+  except OSError as e:
+    raise ExperimentError(f"model_dir {model_dir}: cannot create it "
+                          f"({e.strerror})") from None
+  if not os.access(model_dir, os.W_OK):
+    raise ExperimentError(f"model_dir {model_dir}: not writable")
+
+
+def _check_data(options, field: str):
+  try:
+    input_pipeline.list_files(list(options.file_pattern))
+  except (ValueError, OSError) as e:
+    raise ExperimentError(f"{field}.file_pattern: {e}") from None
+
+
+def _set_precision(config, strategy):
+  policy = config.trainer_options.mixed_precision
+  if policy in ("", "float32"):
+    return
+  if policy == "auto":
+    policy = ("mixed_bfloat16" if isinstance(strategy, tf.distribute.TPUStrategy)
+              else "mixed_float16")
+  tf_keras.mixed_precision.set_global_policy(policy)
+
+
+def _restore_initial_checkpoint(config, model):
+  """Loads `initial_checkpoint` (model weights) or backbone weights."""
+  path = config.model_options.initial_checkpoint
+  if path:
+    logging.info("Initialising the model from %s", path)
+    checkpoint = tf.train.Checkpoint(model=model)
+    checkpoint.restore(path).expect_partial()
+    return
+  weights = config.model_options.backbone.pretrained_weights
+  if weights:
+    logging.info("Initialising the backbone from %s", weights)
+    tf.train.Checkpoint(encoder=model.encoder).restore(
+        weights).expect_partial()
+
+
+def run_experiment(config, model_dir: str, mode: str = "train_and_eval",
+                   strategy: Optional[tf.distribute.Strategy] = None
+                   ) -> Dict[str, float]:
+  """Trains and/or evaluates; returns the last evaluation metrics (if any)."""
+  if mode not in MODES:
+    raise ExperimentError(f"--mode must be one of {MODES}, got {mode!r}")
+  strategy = strategy or tf.distribute.get_strategy()
+  _check_model_dir(model_dir)
+  training = mode in ("train", "train_and_eval")
+  evaluating = mode != "train"
+  if training:
+    _check_data(config.train_dataset_options, "train_dataset_options")
+  if evaluating:
+    _check_data(config.eval_dataset_options, "eval_dataset_options")
+  _set_precision(config, strategy)
+  tf.random.set_seed(config.random_seed)
+  info = builders.dataset_info(config)
+  trainer_options = config.trainer_options
+  crop = tuple(config.train_dataset_options.crop_size if training
+               else config.eval_dataset_options.crop_size)
+
+  with strategy.scope():
+    model = builders.build_model(config, crop_size=crop)
+    global_step = tf.Variable(0, dtype=tf.int64, trainable=False,
+                              name="global_step")
+
+  trainer = None
+  checkpoint_items = {"model": model, "global_step": global_step}
+  if training:
+    dataset = strategy.distribute_datasets_from_function(
+        lambda context: builders.build_dataset(
+            config, training=True, seed=config.random_seed,
+            batch_size=context.get_per_replica_batch_size(
+                config.train_dataset_options.batch_size)))
+    loss = builders.build_loss(config)
+    trainer = trainer_lib.KMaXTrainer(config, model, loss, dataset, strategy,
+                                      global_step, model_dir)
+    trainer.create_metrics(max_deeplab_loss.term_names(
+        model.num_kmax_layers,
+        model.semantic_branch is not None and
+        trainer_options.loss_options.HasField("semantic_loss")))
+    checkpoint_items.update(optimizer=trainer.optimizer,
+                            backbone_optimizer=trainer.backbone_optimizer)
+
+  evaluator = None
+  if evaluating:
+    eval_dataset = strategy.distribute_datasets_from_function(
+        lambda context: builders.build_dataset(
+            config, training=False,
+            batch_size=context.get_per_replica_batch_size(
+                config.eval_dataset_options.batch_size)))
+    evaluator = evaluator_lib.KMaXEvaluator(
+        config, model, builders.build_post_processor(config), eval_dataset,
+        strategy, info)
+
+  checkpoint = tf.train.Checkpoint(**checkpoint_items)
+  manager = tf.train.CheckpointManager(
+      checkpoint, model_dir,
+      max_to_keep=trainer_options.num_checkpoints_to_keep,
+      step_counter=global_step,
+      checkpoint_interval=trainer_options.save_checkpoints_steps)
+  if manager.latest_checkpoint is None and training:
+    _restore_initial_checkpoint(config, model)
+
+  controller = orbit.Controller(
+      strategy=strategy, trainer=trainer, evaluator=evaluator,
+      global_step=global_step,
+      steps_per_loop=trainer_options.steps_per_loop,
+      checkpoint_manager=manager,
+      summary_interval=trainer_options.save_summaries_steps,
+      summary_dir=os.path.join(model_dir, "train"),
+      eval_summary_dir=os.path.join(model_dir, "eval"))
+
+  total_steps = trainer_options.solver_options.training_number_of_steps
+  eval_steps = config.evaluator_options.eval_steps
+  eval_steps = None if eval_steps is None or eval_steps < 0 else eval_steps
+  if mode == "train":
+    controller.train(total_steps)
+    return {}
+  if mode == "train_and_eval":
+    interval = config.evaluator_options.eval_interval or total_steps
+    output = controller.train_and_evaluate(
+        total_steps, eval_steps=eval_steps or -1,
+        eval_interval=min(interval, total_steps))
+    if output is None:  # Already trained: evaluate the final checkpoint.
+      output = controller.evaluate(steps=eval_steps or -1)
+    return {k: float(v) for k, v in output.items()}
+  if mode == "eval":
+    if manager.latest_checkpoint is None and not (
+        config.model_options.initial_checkpoint):
+      raise ExperimentError(f"model_dir {model_dir}: no checkpoint to "
+                            "evaluate (and no initial_checkpoint)")
+    if manager.latest_checkpoint is None:
+      _restore_initial_checkpoint(config, model)
+    return {k: float(v) for k, v in
+            controller.evaluate(steps=eval_steps or -1).items()}
+  timeout = config.evaluator_options.continuous_eval_timeout
+  controller.evaluate_continuously(
+      steps=eval_steps or -1, timeout=None if timeout < 0 else timeout)
+  return {}
