@@ -18,6 +18,12 @@ from deeplab2_kmax.model import kmax_deeplab
 from deeplab2_kmax.post_processing import max_deeplab as post_processing
 
 
+# DeepLab2's kMaX encoders expose the os32 output before its final activation
+# under the name the configs use ("res5"); ours calls it "stage5" (the
+# parity fixture's semantic logits pin this down).
+_SEMANTIC_ENDPOINTS = {"res5": "stage5"}
+
+
 def dataset_info(config) -> dataset_registry.DatasetInfo:
   name = (config.train_dataset_options.dataset or
           config.eval_dataset_options.dataset)
@@ -69,7 +75,8 @@ def model_kwargs(config) -> Dict[str, object]:
           "semantic_loss"),
       use_semantic_decoder=kmax.use_auxiliary_semantic_decoder,
       semantic_head_channels=kmax.auxiliary_semantic_head.head_channels or 256,
-      semantic_feature_key=model.decoder.feature_key,
+      semantic_feature_key=_SEMANTIC_ENDPOINTS.get(model.decoder.feature_key,
+                                                   model.decoder.feature_key),
       semantic_low_level_keys=tuple(x.feature_key for x in low_level) or
       ("res3", "res2"),
       semantic_low_level_channels=tuple(x.channels_project for x in low_level)

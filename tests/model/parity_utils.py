@@ -21,12 +21,12 @@ import numpy as np
 import tensorflow as tf
 
 SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
-_REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def reference_dir() -> Optional[pathlib.Path]:
   """../shared/reference relative to the repository root, if present."""
-  path = _REPO_ROOT.parent / "shared" / "reference"
+  path = REPO_ROOT.parent / "shared" / "reference"
   return path if path.is_dir() else None
 
 
