@@ -17,7 +17,6 @@ from deeplab2_kmax.losses import max_deeplab_loss
 from deeplab2_kmax.model import kmax_deeplab
 from deeplab2_kmax.post_processing import max_deeplab as post_processing
 
-
 # DeepLab2's kMaX encoders expose the os32 output before its final activation
 # under the name the configs use ("res5"); ours calls it "stage5" (the
 # parity fixture's semantic logits pin this down).
