@@ -108,6 +108,9 @@ def build_loss(config, seed: Optional[tf.Tensor] = None
     return (getattr(loss_options, name).weight
             if loss_options.HasField(name) else 0.0)
 
+  matching = loss_options.matching_implementation
+  if matching == "auto" and config.trainer_options.jit_compile:
+    matching = "tensorflow"  # The host matcher cannot run inside XLA.
   return max_deeplab_loss.MaXDeepLabLoss(
       num_classes=info.num_classes,
       ignore_label=info.ignore_label,
@@ -122,7 +125,7 @@ def build_loss(config, seed: Optional[tf.Tensor] = None
           kmax.instance_discrimination_sample_temperature),
       semantic_sample_k=kmax.semantic_sample_k,
       semantic_sample_temperature=kmax.semantic_sample_temperature,
-      matching_implementation=loss_options.matching_implementation,
+      matching_implementation=matching,
       seed=seed)
 
 

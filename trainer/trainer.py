@@ -42,6 +42,10 @@ class KMaXTrainer(orbit.StandardTrainer):
       self._loss_metrics: Dict[str, object] = {}
     self._rest_vars, self._backbone_vars = optimization.split_variables(model)
     self._learning_rate = optimization.learning_rate_schedule(solver)
+    self._compute = self._losses_and_gradients
+    if config.trainer_options.jit_compile:
+      self._compute = tf.function(self._losses_and_gradients,
+                                  jit_compile=True)
     self._loop_start = None
     self._loop_start_step = 0
     self._run_start = time.time()
@@ -64,22 +68,25 @@ class KMaXTrainer(orbit.StandardTrainer):
     if self._run_start_step is None:
       self._run_start_step = self._loop_start_step
 
+  def _losses_and_gradients(self, batch):
+    """Forward, loss and gradients; XLA-compiled with trainer jit_compile."""
+    y_true = {k: batch[k] for k in _GT_KEYS}
+    with tf.GradientTape() as tape:
+      outputs = self._model(batch[common.IMAGE], training=True)
+      outputs = tf.nest.map_structure(lambda x: tf.cast(x, tf.float32),
+                                      outputs)
+      losses = self._loss(y_true, outputs)
+      total = tf.nn.compute_average_loss(
+          losses[max_deeplab_loss.TOTAL], global_batch_size=self._batch_size)
+    gradients = tape.gradient(total, self._rest_vars + self._backbone_vars)
+    if self._solver.use_gradient_clipping:
+      gradients, _ = tf.clip_by_global_norm(gradients,
+                                            self._solver.clip_gradient_norm)
+    return losses, gradients
+
   def train_step(self, iterator):
     def step_fn(batch):
-      images = batch[common.IMAGE]
-      y_true = {k: batch[k] for k in _GT_KEYS}
-      with tf.GradientTape() as tape:
-        outputs = self._model(images, training=True)
-        outputs = tf.nest.map_structure(lambda x: tf.cast(x, tf.float32),
-                                        outputs)
-        losses = self._loss(y_true, outputs)
-        total = tf.nn.compute_average_loss(
-            losses[max_deeplab_loss.TOTAL], global_batch_size=self._batch_size)
-      variables = self._rest_vars + self._backbone_vars
-      gradients = tape.gradient(total, variables)
-      if self._solver.use_gradient_clipping:
-        gradients, _ = tf.clip_by_global_norm(gradients,
-                                              self._solver.clip_gradient_norm)
+      losses, gradients = self._compute(batch)
       split = len(self._rest_vars)
       self.optimizer.apply_gradients(
           zip(gradients[:split], self._rest_vars))

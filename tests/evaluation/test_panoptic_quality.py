@@ -132,3 +132,24 @@ def test_empty_prediction_counts_every_segment_as_missed():
   metric.update(gt, np.zeros_like(gt))
   assert metric.result()["PQ"] == 0.0
   assert metric.fn.sum() == len(np.unique(gt[gt > 0]))
+
+
+def test_offline_cli_matches_panopticapi(tmp_path):
+  from deeplab2_kmax.evaluation import evaluate_panoptic  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(3)
+  gts = [_random_panoptic(rng, (40, 56)) for _ in range(6)]
+  preds = [_perturb(rng, gt) for gt in gts]
+  gt_json = _write_coco(str(tmp_path), "gt", gts, crowd_aware=True)
+  pred_json = _write_coco(str(tmp_path), "pred", preds, crowd_aware=False)
+  reference = pq_compute(gt_json, pred_json, str(tmp_path / "gt"),
+                         str(tmp_path / "pred"))
+  ours = evaluate_panoptic.evaluate(gt_json, str(tmp_path / "gt"), pred_json,
+                                    str(tmp_path / "pred"), progress=False)
+  for name, suffix in (("All", ""), ("Things", "_Th"), ("Stuff", "_St")):
+    for metric in ("pq", "sq", "rq"):
+      assert abs(ours["summary"][metric.upper() + suffix] -
+                 reference[name][metric]) <= 1e-6
+  with pytest.raises(evaluate_panoptic.EvaluationError, match="missing.json"):
+    evaluate_panoptic.evaluate(str(tmp_path / "missing.json"), "", pred_json,
+                               "", progress=False)

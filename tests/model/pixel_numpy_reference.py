@@ -23,20 +23,25 @@ def softmax(x, axis=-1):
   return e / e.sum(axis=axis, keepdims=True)
 
 
-def conv2d(x, kernel, stride=1):
-  """[B,H,W,C] x [k,k,C,D]; 'same' for stride 1, DeepLab symmetric pad else."""
+def conv2d(x, kernel, stride=1, rate=1):
+  """[B,H,W,C] x [k,k,C,D]; 'same' for stride 1, DeepLab symmetric pad else.
+
+  `rate` is the dilation of the kernel taps.
+  """
   # For odd k, 'same' (stride 1) and DeepLab's strided padding coincide.
   k = kernel.shape[0]
-  begin = (k - 1) // 2
-  end = k - 1 - begin
+  span = (k - 1) * rate + 1
+  begin = (span - 1) // 2
+  end = span - 1 - begin
   x = np.pad(x, [(0, 0), (begin, end), (begin, end), (0, 0)])
   batch, height, width, _ = x.shape
-  out_h = (height - k) // stride + 1
-  out_w = (width - k) // stride + 1
+  out_h = (height - span) // stride + 1
+  out_w = (width - span) // stride + 1
   out = np.zeros([batch, out_h, out_w, kernel.shape[-1]])
   for i in range(out_h):
     for j in range(out_w):
-      patch = x[:, i * stride:i * stride + k, j * stride:j * stride + k, :]
+      patch = x[:, i * stride:i * stride + span:rate,
+                j * stride:j * stride + span:rate, :]
       out[:, i, j, :] = np.einsum("bhwc,hwcd->bd", patch, kernel)
   return out
 

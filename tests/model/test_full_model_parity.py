@@ -77,9 +77,11 @@ def test_backbone_and_semantic_logits(run):
     assert np.abs(actual - expected).max() <= 1e-3 * np.abs(expected).max()
 
 
-@pytest.mark.xfail(reason="the full-model parity gap is still open (see "
-                          "docs/model_zoo.md); encoder, semantic branch and "
-                          "key maps match", strict=False)
+@pytest.mark.xfail(
+    reason="k-means argmax amplifies float-rounding differences: flipping "
+    "1e-6 of stage5 moves these logits by O(1) in our own model; encoder, "
+    "semantic logits, key maps and per-layer BN statistics match DeepLab2 "
+    "(see docs/model_zoo.md)", strict=False)
 def test_mask_and_class_logits_and_panoptic(run):
   sidecar, reference, outputs = run
   for name in (common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY,

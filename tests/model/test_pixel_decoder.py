@@ -52,14 +52,15 @@ def test_decoder_wiring_matches_numpy():
   v = utils.numpy_map(decoder)
   outputs = decoder(endpoints, training=False)
 
-  def conv_bn(x, prefix, stride=1):
-    y = ref.conv2d(x, v[f"{prefix}/_conv/kernel"], stride)
+  def conv_bn(x, prefix, stride=1, rate=1):
+    y = ref.conv2d(x, v[f"{prefix}/_conv/kernel"], stride, rate)
     return ref.batch_norm(y, *utils.bn_params(v, f"{prefix}/_batch_norm"))
 
   def block(x, prefix):
     a = ref.gelu(x)
     y = ref.gelu(conv_bn(a, f"{prefix}/_conv1_bn_act"))
-    y = ref.gelu(conv_bn(y, f"{prefix}/_conv2_bn_act"))
+    # DeepLab2 dilates the decoder's 3x3 convs by 2 at every stage.
+    y = ref.gelu(conv_bn(y, f"{prefix}/_conv2_bn_act", rate=2))
     y = conv_bn(y, f"{prefix}/_conv3_bn")
     if f"{prefix}/_shortcut/_conv/kernel" in v:
       a = conv_bn(a, f"{prefix}/_shortcut")

@@ -31,12 +31,14 @@ class BottleneckBlock(tf_keras.layers.Layer):
   attention has key depth `filters` and value depth 2 * filters (SPEC §2.2).
   A projection shortcut (1x1 conv + BN, strided) is built when the input
   channels differ from 4 * filters; otherwise a strided block subsamples.
+  `atrous_rate` dilates the 3x3 conv (ignored by axial attention).
   """
 
   def __init__(self,
                filters: int,
                name: str,
                strides: int = 1,
+               atrous_rate: int = 1,
                use_axial_attention: bool = False,
                activation: str = "relu",
                drop_path_keep_prob: float = 1.0,
@@ -58,8 +60,8 @@ class BottleneckBlock(tf_keras.layers.Layer):
           filters, name="attention", strides=strides, bn_layer=bn_layer)
     else:
       self._spatial = convolutions.Conv2DBN(
-          filters, 3, name="conv2_bn_act", strides=strides, bn_layer=bn_layer,
-          activation=activation)
+          filters, 3, name="conv2_bn_act", strides=strides,
+          atrous_rate=atrous_rate, bn_layer=bn_layer, activation=activation)
     self._expand = convolutions.Conv2DBN(
         4 * filters, 1, name="conv3_bn", bn_layer=bn_layer,
         bn_gamma_initializer="zeros")
@@ -114,8 +116,8 @@ class BottleneckBlock(tf_keras.layers.Layer):
 class BlockStage(tf_keras.layers.Layer):
   """A sequence of bottleneck/axial blocks at one resolution.
 
-  The first block carries the stride. `use_axial_attention` and
-  `drop_path_keep_probs` are given per block.
+  The first block carries the stride; `atrous_rate` dilates every 3x3 conv.
+  `use_axial_attention` and `drop_path_keep_probs` are given per block.
   """
 
   def __init__(self,
@@ -123,6 +125,7 @@ class BlockStage(tf_keras.layers.Layer):
                num_blocks: int,
                name: str,
                strides: int = 1,
+               atrous_rate: int = 1,
                use_axial_attention: Optional[Sequence[bool]] = None,
                drop_path_keep_probs: Optional[Sequence[float]] = None,
                activation: str = "relu",
@@ -139,6 +142,7 @@ class BlockStage(tf_keras.layers.Layer):
             filters,
             name=f"block{index + 1}",
             strides=strides if index == 0 else 1,
+            atrous_rate=atrous_rate,
             use_axial_attention=use_axial_attention[index],
             activation=activation,
             drop_path_keep_prob=drop_path_keep_probs[index],

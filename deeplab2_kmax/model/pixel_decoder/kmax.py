@@ -11,6 +11,7 @@ resized fuse carries the result to the next finer endpoint:
     x = fuse(x, LN(endpoint at next os))   # f_{i+1} channels, next size
 
 Every backbone endpoint gets its own LayerNorm (eps 1e-6). Activation GELU.
+The 3x3 convs of the bottleneck stages have dilation 2 (as in DeepLab2).
 The features after the os32, os16 and os8 stages feed the kMaX transformer
 decoder ("decoder_stage1..3"; with an os2 stage the os4 feature is also
 returned as "decoder_stage4"); the last stage's output is "decoder_output".
@@ -35,6 +36,11 @@ _BLOCK_TYPES = ("axial", "axial", "bottleneck", "bottleneck", "bottleneck")
 # Backbone endpoint consumed by each stage.
 _ENDPOINTS = ("stage5", "stage4", "stage3", "stage2", "stage1")
 _STAGES_FOR_OUTPUT_STRIDE = {4: 4, 2: 5}
+# DeepLab2 configures every decoder stage as a ResNet stage whose nominal input
+# stride (32) exceeds its nominal output stride (16), so the 3x3 convs of the
+# bottleneck stages are dilated by 32 / 16 = 2 at every resolution. Released
+# checkpoints are trained this way.
+_BOTTLENECK_ATROUS_RATE = 2
 
 
 class KMaXPixelDecoder(tf_keras.layers.Layer):
@@ -97,6 +103,7 @@ class KMaXPixelDecoder(tf_keras.layers.Layer):
     self._stages = [
         blocks.BlockStage(
             filters[i], num_blocks[i], name=f"stage_{i}",
+            atrous_rate=_BOTTLENECK_ATROUS_RATE,
             use_axial_attention=[block_types[i] == "axial"] * num_blocks[i],
             drop_path_keep_probs=[drop_path_keep_prob] * num_blocks[i],
             activation=activation, bn_layer=bn_layer)
