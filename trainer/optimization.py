@@ -38,7 +38,8 @@ def learning_rate_schedule(solver):
                      "supported (use 'poly').")
   decay = tf_keras.optimizers.schedules.PolynomialDecay(
       initial_learning_rate=solver.base_learning_rate,
-      decay_steps=max(solver.training_number_of_steps - solver.warmup_steps, 1),
+      # LinearWarmup hands the global step (not step - warmup) to the decay.
+      decay_steps=max(solver.training_number_of_steps, 1),
       end_learning_rate=solver.poly_end_learning_rate,
       power=solver.poly_learning_power)
   if solver.warmup_steps <= 0:

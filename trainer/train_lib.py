@@ -97,11 +97,11 @@ def run_experiment(config, model_dir: str, mode: str = "train_and_eval",
   trainer = None
   checkpoint_items = {"model": model, "global_step": global_step}
   if training:
-    dataset = strategy.distribute_datasets_from_function(
-        lambda context: builders.build_dataset(
-            config, training=True, seed=config.random_seed,
-            batch_size=context.get_per_replica_batch_size(
-                config.train_dataset_options.batch_size)))
+    # One global-batch pipeline split across replicas: the same global batch
+    # whatever the number of devices (and so the same loss).
+    dataset = strategy.experimental_distribute_dataset(
+        builders.build_dataset(config, training=True,
+                               seed=config.random_seed))
     loss = builders.build_loss(config)
     trainer = trainer_lib.KMaXTrainer(config, model, loss, dataset, strategy,
                                       global_step, model_dir)
@@ -114,11 +114,8 @@ def run_experiment(config, model_dir: str, mode: str = "train_and_eval",
 
   evaluator = None
   if evaluating:
-    eval_dataset = strategy.distribute_datasets_from_function(
-        lambda context: builders.build_dataset(
-            config, training=False,
-            batch_size=context.get_per_replica_batch_size(
-                config.eval_dataset_options.batch_size)))
+    eval_dataset = strategy.experimental_distribute_dataset(
+        builders.build_dataset(config, training=False))
     evaluator = evaluator_lib.KMaXEvaluator(
         config, model, builders.build_post_processor(config), eval_dataset,
         strategy, info)

@@ -110,3 +110,22 @@ def test_cli_reports_a_bad_config(tmp_path):
   assert result.returncode != 0
   assert str(bad) in result.stderr
   assert not os.path.exists(tmp_path / "model" / "checkpoint")
+
+
+def test_learning_rate_warms_up_then_decays_to_zero_at_the_last_step():
+  from deeplab2_kmax.trainer import optimization  # pylint: disable=g-import-not-at-top
+
+  config = utils.tiny_config("/nonexistent", steps=100)
+  solver = config.trainer_options.solver_options
+  solver.warmup_steps = 10
+  solver.base_learning_rate = 1e-3
+  schedule = optimization.learning_rate_schedule(solver)
+  rate = lambda step: float(schedule(step))  # pylint: disable=g-long-lambda
+  assert rate(0) == 0.0
+  # Linear from 0 to the decayed value at the end of warm-up (Model Garden).
+  assert rate(5) == pytest.approx(0.5 * 1e-3 * (1 - 10 / 100) ** 0.9,
+                                  rel=1e-5)
+  for step in (10, 50, 99):  # Poly decay (power 0.9) over the whole run.
+    assert rate(step) == pytest.approx(1e-3 * (1 - step / 100) ** 0.9,
+                                       rel=1e-5)
+  assert rate(100) == pytest.approx(0.0, abs=1e-12)

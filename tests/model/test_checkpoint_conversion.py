@@ -1,0 +1,281 @@
+"""DeepLab2 checkpoint import (SPEC §9; reference/PARITY.md).
+
+The parity test rebuilds the fixture's weights from the documented fill rule,
+writes them as a DeepLab2-format checkpoint (SaveV2 with the DeepLab2 keys,
+`save_counter` and the object graph), converts it with the CLI and compares
+the outputs. Everything comes from the sidecar named by KMAX_PARITY_FIXTURE
+(default ../shared/reference/parity_kmax_r50_coco.json beside the checkout).
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import parity_utils  # tests/model is on sys.path (rootdir conftest).
+import pytest
+import tensorflow as tf
+
+from deeplab2_kmax import builders
+from deeplab2_kmax import common
+from deeplab2_kmax import config_loader
+from deeplab2_kmax.model import kmax_deeplab
+from deeplab2_kmax.tools import convert_deeplab2_checkpoint as convert
+
+SUFFIX = parity_utils.SUFFIX
+_DEFAULT = (parity_utils.REPO_ROOT.parent / "shared" / "reference" /
+            "parity_kmax_r50_coco.json")
+SIDECAR = pathlib.Path(os.environ.get("KMAX_PARITY_FIXTURE", _DEFAULT))
+
+
+def write_deeplab2_checkpoint(prefix, values, object_graph=None):
+  """Writes `values` (full key -> array) the way DeepLab2 saves them."""
+  values = dict(values)
+  values["save_counter" + SUFFIX] = np.array(1, np.int64)
+  if object_graph is not None:
+    values["_CHECKPOINTABLE_OBJECT_GRAPH"] = bytes(object_graph)
+  names = sorted(values)
+  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
+                    shape_and_slices=[""] * len(names),
+                    tensors=[tf.constant(values[n]) for n in names])
+  return prefix
+
+
+# Error cases on a tiny stand-in: a dict of variables with DeepLab2 keys.
+
+
+def _tiny_map():
+  return {"encoder/_conv/kernel": tf.Variable(tf.zeros([3, 3, 2, 4])),
+          "encoder/_bn/gamma": tf.Variable(tf.zeros([4]))}
+
+
+def test_split_ignores_optimizer_slots_and_state():
+  shapes = {
+      "encoder/_conv/kernel" + SUFFIX: [3, 3, 2, 4],
+      "encoder/_conv/kernel/.OPTIMIZER_SLOT/optimizer/m" + SUFFIX: [3, 3, 2, 4],
+      "optimizer/iter" + SUFFIX: [],
+      "global_step" + SUFFIX: [],
+      "save_counter" + SUFFIX: [],
+      "_CHECKPOINTABLE_OBJECT_GRAPH": [],
+  }
+  model, slots, state = convert.split_checkpoint_keys(shapes)
+  assert model == {"encoder/_conv/kernel": (3, 3, 2, 4)}
+  assert slots == ["encoder/_conv/kernel/.OPTIMIZER_SLOT/optimizer/m" + SUFFIX]
+  assert len(state) == 4
+
+
+def test_match_accepts_exact_map():
+  variables = _tiny_map()
+  shapes = {k: tuple(v.shape) for k, v in variables.items()}
+  assert convert.match_variables(variables, shapes) == sorted(variables)
+
+
+@pytest.mark.parametrize("case", ["unmapped", "missing", "shape", "unreached"])
+def test_match_fails_loudly(case):
+  variables = _tiny_map()
+  shapes = {k: tuple(v.shape) for k, v in variables.items()}
+  extra = []
+  if case == "unmapped":
+    shapes["encoder/_other/bias"] = (4,)
+    expected = "encoder/_other/bias"
+  elif case == "missing":
+    del shapes["encoder/_bn/gamma"]
+    expected = "encoder/_bn/gamma"
+  elif case == "shape":
+    shapes["encoder/_conv/kernel"] = (3, 3, 2, 5)
+    expected = "[3, 3, 2, 5]"
+  else:
+    extra = [tf.Variable(tf.zeros([2]), name="orphan")]
+    expected = "orphan"
+  with pytest.raises(convert.ConversionError) as error:
+    convert.match_variables(variables, shapes,
+                            list(variables.values()) + extra)
+  assert expected in str(error.value)
+
+
+def test_positional_encoding_mismatch_names_the_crop():
+  variables = {"encoder/_rpe/embeddings": tf.Variable(tf.zeros([509, 8]))}
+  with pytest.raises(convert.ConversionError, match="--crop_size") as error:
+    convert.match_variables(variables, {"encoder/_rpe/embeddings": (129, 8)})
+  assert "1025,2049" in str(error.value) and "1281,1281" in str(error.value)
+
+
+def test_existing_or_unwritable_output_is_refused(tmp_path):
+  source = write_deeplab2_checkpoint(
+      str(tmp_path / "src"), {"encoder/_conv/kernel" + SUFFIX: np.zeros(2)})
+  existing = write_deeplab2_checkpoint(str(tmp_path / "out"), {})
+  with pytest.raises(convert.ConversionError, match="--overwrite"):
+    convert.convert_checkpoint("unused.textproto", source, existing)
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  with pytest.raises(convert.ConversionError, match="--output_checkpoint"):
+    convert.convert_checkpoint("unused.textproto", source,
+                               str(blocker / "sub" / "out"))
+  with pytest.raises(convert.ConversionError, match="--deeplab2_checkpoint"):
+    convert.convert_checkpoint("unused.textproto", str(tmp_path / "nope"),
+                               str(tmp_path / "new"))
+
+
+def test_crop_size_flag_parsing():
+  assert convert.parse_crop_size("1025,2049") == (1025, 2049)
+  for bad in ("1025", "a,b", "0,5"):
+    with pytest.raises(convert.ConversionError, match="--crop_size"):
+      convert.parse_crop_size(bad)
+
+
+def test_deeplab2_writer_round_trips(tmp_path):
+  values = {"encoder/_conv/kernel" + SUFFIX: np.arange(6, dtype=np.float32)}
+  prefix = write_deeplab2_checkpoint(str(tmp_path / "ckpt"), values, b"graph")
+  reader = tf.train.load_checkpoint(prefix)
+  np.testing.assert_array_equal(
+      reader.get_tensor("encoder/_conv/kernel" + SUFFIX), np.arange(6))
+  assert reader.get_tensor("save_counter" + SUFFIX) == 1
+  assert reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH") == b"graph"
+
+
+def test_conversion_of_a_wrong_checkpoint_fails_without_output(tmp_path):
+  if parity_utils.skip_reason():
+    pytest.skip(parity_utils.skip_reason())
+  sidecar = parity_utils.read_sidecar()
+  kernel = next(k for k in parity_utils.read_key_list(
+      sidecar["checkpoint_keys"]) if k.endswith("/kernel" + SUFFIX))
+  slot = kernel[:-len(SUFFIX)] + "/.OPTIMIZER_SLOT/optimizer/m" + SUFFIX
+  source = write_deeplab2_checkpoint(str(tmp_path / "src"), {
+      kernel: np.zeros([2], np.float32), slot: np.zeros([2], np.float32),
+      "encoder/_not_a_layer/kernel" + SUFFIX: np.zeros([2], np.float32)})
+  output = tmp_path / "out"
+  with pytest.raises(convert.ConversionError) as error:
+    convert.convert_checkpoint(
+        str(parity_utils.REPO_ROOT / sidecar["config_file"]), source,
+        str(output), crop_size=(65, 65))
+  message = str(error.value)
+  assert "encoder/_not_a_layer/kernel" in message
+  assert "missing from the DeepLab2 checkpoint" in message
+  assert f"{kernel[:-len(SUFFIX)]}: DeepLab2 [2]" in message
+  assert "OPTIMIZER_SLOT" not in message
+  assert not list(tmp_path.glob("out*"))
+
+
+# Fixture parity through the CLI.
+
+
+def _logit_tolerance_ok(actual, expected):
+  return np.all(np.abs(actual - expected) <= 1e-3 * (1 + np.abs(expected)))
+
+
+@pytest.fixture(scope="module")
+def parity_run(tmp_path_factory):
+  if not SIDECAR.exists():
+    pytest.skip(f"parity sidecar not found: {SIDECAR} (set "
+                "KMAX_PARITY_FIXTURE or place ../shared/reference beside "
+                "the checkout)")
+  tf.config.experimental.enable_tensor_float_32_execution(False)
+  sidecar = json.loads(SIDECAR.read_text())
+  reference = np.load(SIDECAR.parent / sidecar["npz"])
+  keys = parity_utils.read_key_list(sidecar["checkpoint_keys"])
+  scale = sidecar.get("class_kernel_scale", 8.0)
+  values = {key: parity_utils.fill_value(key, shape, reference, scale)
+            for key, shape in keys.items()}
+  directory = tmp_path_factory.mktemp("conversion")
+  source = write_deeplab2_checkpoint(
+      str(directory / "deeplab2" / "ckpt-1"), values,
+      reference["object_graph"].tobytes())
+  output = str(directory / "converted" / "model")
+  crop = tuple(sidecar["crop_size"])
+  config_file = str(parity_utils.REPO_ROOT / sidecar["config_file"])
+  result = subprocess.run(
+      [sys.executable, "-m", "deeplab2_kmax.tools.convert_deeplab2_checkpoint",
+       f"--config_file={config_file}", f"--deeplab2_checkpoint={source}",
+       f"--output_checkpoint={output}", f"--crop_size={crop[0]},{crop[1]}"],
+      capture_output=True, text=True, cwd=str(parity_utils.REPO_ROOT),
+      check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  config = config_loader.load_config(config_file, {}, validate_config=False)
+  for name, value in sidecar.get("evaluator_overrides", {}).items():
+    target = config.evaluator_options
+    if not target.DESCRIPTOR.fields_by_name.get(name):
+      target = target.maskwise_postprocessing
+    setattr(target, name, value)
+  kwargs = builders.model_kwargs(config)
+  kwargs["use_sync_batch_norm"] = False
+  model = kmax_deeplab.KMaXDeepLab(**kwargs)
+  image = tf.constant(parity_utils.fixture_image(sidecar["image_seed"]),
+                      tf.float32)
+  model(image, training=False, return_semantic=True)
+  tf.train.Checkpoint(model=model).read(output).assert_existing_objects_matched()
+  outputs = model(image, training=False, return_semantic=True)
+  outputs["stage5"] = model.encoder(image / 127.5 - 1.0,
+                                    training=False)["stage5"]
+  outputs.update(builders.build_post_processor(config)(outputs, crop))
+  return sidecar, reference, outputs, result.stdout, model, values
+
+
+def test_cli_reports_conversion(parity_run):
+  sidecar, _, _, stdout, _, _ = parity_run
+  num_keys = len(parity_utils.read_key_list(sidecar["checkpoint_keys"]))
+  assert f"Converted {num_keys} variables" in stdout
+
+
+def test_converted_weights_equal_the_deeplab2_values(parity_run):
+  model, values = parity_run[4:]
+  variable_map = model.deeplab2_variable_map()
+  assert len(variable_map) == len(values)
+  for key, variable in variable_map.items():
+    np.testing.assert_array_equal(variable.numpy(), values[key + SUFFIX],
+                                  err_msg=key)
+
+
+def test_parity_backbone_and_semantic(parity_run):
+  sidecar, reference, outputs = parity_run[:3]
+  for name in ("stage5", common.PRED_SEMANTIC_LOGITS_KEY):
+    if name in sidecar["compare"]:
+      expected = reference[name]
+      actual = outputs[name].numpy()
+      assert actual.shape == expected.shape
+      assert np.abs(actual - expected).max() <= 1e-3 * np.abs(expected).max()
+
+
+@pytest.mark.xfail(reason="k-means argmax amplifies float rounding (see "
+                          "docs/model_zoo.md and test_full_model_parity.py); "
+                          "the conversion itself is exact (see above)",
+                   strict=False)
+def test_parity_mask_class_logits_and_panoptic(parity_run):
+  sidecar, reference, outputs = parity_run[:3]
+  for name in (common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY,
+               common.PRED_TRANSFORMER_CLASS_LOGITS_KEY):
+    if name in sidecar["compare"]:
+      assert _logit_tolerance_ok(outputs[name].numpy(), reference[name]), name
+  if common.PRED_PANOPTIC_KEY in sidecar["compare"]:
+    agree = np.mean(outputs[common.PRED_PANOPTIC_KEY].numpy() ==
+                    reference[common.PRED_PANOPTIC_KEY])
+    assert agree >= 0.999
+
+
+# Official-crop key lists (small-crop builds are in test_full_model_keys.py).
+
+OFFICIAL = {
+    "coco": ("deeplab2_kmax_r50_coco_1281_checkpoint_keys.tsv",
+             "configs/coco/kmax_r50_os32.textproto", (1281, 1281)),
+    "cityscapes": ("deeplab2_kmax_r50_cityscapes_1025x2049_checkpoint_keys.tsv",
+                   "configs/cityscapes/kmax_r50_os32.textproto", (1025, 2049)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_official_crop_key_list_maps_completely(name):
+  if parity_utils.skip_reason():
+    pytest.skip(parity_utils.skip_reason())
+  tsv, config_file, crop = OFFICIAL[name]
+  config = config_loader.load_config(
+      str(parity_utils.REPO_ROOT / config_file), {}, validate_config=False)
+  model = builders.build_model(config, crop_size=crop)
+  source, slots, state = convert.split_checkpoint_keys(
+      parity_utils.read_key_list(tsv))
+  assert not slots and not state
+  keys = convert.match_variables(model.deeplab2_variable_map(), source,
+                                 model.variables)
+  assert len(keys) == len(source)
