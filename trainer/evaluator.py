@@ -20,7 +20,7 @@ class KMaXEvaluator(orbit.StandardEvaluator):
   """Runs the eval split and returns PQ / PQ_Th / PQ_St / SQ / RQ / mIoU."""
 
   def __init__(self, config, model, post_processor, dataset, strategy,
-               dataset_info):
+               dataset_info, model_dir: str = None, global_step=None):
     self._model = model
     self._post_processor = post_processor
     self._strategy = strategy
@@ -31,7 +31,12 @@ class KMaXEvaluator(orbit.StandardEvaluator):
     self._pq = None
     self._miou = None
     self._ap = None
+    self._writer = None
+    self._save_dir = None
     options = config.evaluator_options
+    if options.save_predictions:
+      self._save_dir = options.override_save_dir or model_dir
+    self._global_step = global_step
     self._predict = tf.function(self._predict_fn,
                                 jit_compile=options.jit_compile)
     super().__init__(dataset, options=orbit.StandardEvaluatorOptions(
@@ -52,6 +57,15 @@ class KMaXEvaluator(orbit.StandardEvaluator):
       self._ap = coco_instance_ap.InstanceAP(info)
     else:
       self._ap = None
+    if self._save_dir:
+      from deeplab2_kmax.evaluation import writers  # pylint: disable=g-import-not-at-top
+      step = int(self._global_step.numpy()) if self._global_step is not None else 0
+      categories = [{"id": c, "name": info.class_names[c],
+                     "isthing": int(info.class_has_instances[c])}
+                    for c in range(info.num_classes) if c != info.ignore_label]
+      self._writer = writers.CocoPanopticWriter(
+          self._save_dir, info.panoptic_label_divisor, info.ignore_label,
+          categories, name=f"predictions_step{step}")
 
   def eval_step(self, iterator):
     def step_fn(batch):
@@ -61,6 +75,7 @@ class KMaXEvaluator(orbit.StandardEvaluator):
           "scores": predictions[common.PRED_INSTANCE_SCORES_KEY],
           "gt": batch[common.GT_PANOPTIC_RAW],
           "size": batch[common.GT_SIZE_RAW],
+          "name": batch[common.IMAGE_NAME],
       }
     outputs = self._strategy.run(step_fn, args=(next(iterator),))
     return tf.nest.map_structure(
@@ -70,8 +85,9 @@ class KMaXEvaluator(orbit.StandardEvaluator):
   def eval_reduce(self, state=None, step_outputs=None):
     outputs = tf.nest.map_structure(lambda x: x.numpy(), step_outputs)
     divisor = self._info.panoptic_label_divisor
-    for pred, scores, gt, size in zip(outputs["panoptic"], outputs["scores"],
-                                      outputs["gt"], outputs["size"]):
+    for pred, scores, gt, size, name in zip(
+        outputs["panoptic"], outputs["scores"], outputs["gt"], outputs["size"],
+        outputs["name"]):
       height, width = int(size[0]), int(size[1])
       if height == 0:  # Padding of the last batch.
         continue
@@ -80,9 +96,15 @@ class KMaXEvaluator(orbit.StandardEvaluator):
       self._miou.update(gt // divisor, pred // divisor)
       if self._ap is not None:
         self._ap.update(gt, pred, scores[:height, :width])
+      if self._writer is not None:
+        self._writer.add(name.decode() if isinstance(name, bytes) else name,
+                         pred, scores[:height, :width])
     return state
 
   def eval_end(self, state=None) -> Dict[str, float]:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
     results = {}
     if "panoptic_quality" in self._metrics_wanted:
       results.update({k: v for k, v in self._pq.result().items()

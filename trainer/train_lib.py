@@ -118,7 +118,7 @@ def run_experiment(config, model_dir: str, mode: str = "train_and_eval",
         builders.build_dataset(config, training=False))
     evaluator = evaluator_lib.KMaXEvaluator(
         config, model, builders.build_post_processor(config), eval_dataset,
-        strategy, info)
+        strategy, info, model_dir=model_dir, global_step=global_step)
 
   checkpoint = tf.train.Checkpoint(**checkpoint_items)
   manager = tf.train.CheckpointManager(

@@ -153,3 +153,27 @@ def test_offline_cli_matches_panopticapi(tmp_path):
   with pytest.raises(evaluate_panoptic.EvaluationError, match="missing.json"):
     evaluate_panoptic.evaluate(str(tmp_path / "missing.json"), "", pred_json,
                                "", progress=False)
+
+
+def test_coco_writer_round_trip_through_panopticapi(tmp_path):
+  from deeplab2_kmax.evaluation import writers  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(4)
+  gts = [_random_panoptic(rng, (36, 44), crowd=False) for _ in range(5)]
+  preds = [_perturb(rng, gt) for gt in gts]
+  gt_json = _write_coco(str(tmp_path), "gt", gts, crowd_aware=True)
+  categories = [{"id": c, "name": str(c), "isthing": int(c in THINGS)}
+                for c in range(1, NUM_CLASSES)]
+  writer = writers.CocoPanopticWriter(str(tmp_path / "out"), DIVISOR, 0,
+                                      categories)
+  for i, pred in enumerate(preds):
+    writer.add(i, pred)
+  pred_json = writer.close()
+  reference = pq_compute(gt_json, pred_json, str(tmp_path / "gt"),
+                         str(tmp_path / "out" / "predictions"))
+  metric = panoptic_quality.PanopticQuality(NUM_CLASSES, 0, DIVISOR, THINGS)
+  for gt, pred in zip(gts, preds):
+    metric.update(gt, pred)
+  assert abs(metric.result()["PQ"] - reference["All"]["pq"]) <= 1e-6
+  with pytest.raises(FileExistsError, match="already exist"):
+    writers.CocoPanopticWriter(str(tmp_path / "out"), DIVISOR, 0, categories)

@@ -31,7 +31,16 @@ def test_train_resume_evaluate_export(data_dir, tmp_path):
 
   # Same command with a later last step: resumes at step 2, not from 0.
   config = utils.tiny_config(data_dir, steps=4)
+  config.evaluator_options.save_predictions = True
   metrics = train_lib.run_experiment(config, model_dir, "train_and_eval")
+  # COCO-panoptic predictions, evaluable against the dataset's COCO GT.
+  from deeplab2_kmax.evaluation import evaluate_panoptic  # pylint: disable=g-import-not-at-top
+  offline = evaluate_panoptic.evaluate(
+      os.path.join(data_dir, "panoptic_val.json"),
+      os.path.join(data_dir, "panoptic_val"),
+      os.path.join(model_dir, "predictions_step4.json"),
+      os.path.join(model_dir, "predictions_step4"), progress=False)
+  assert offline["summary"]["PQ"] == pytest.approx(metrics["PQ"], abs=1e-6)
   assert train_lib.latest_checkpoint(model_dir).endswith("ckpt-4")
   reader = tf.train.load_checkpoint(train_lib.latest_checkpoint(model_dir))
   assert reader.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE") == 4
