@@ -24,12 +24,17 @@ import tqdm
 
 from deeplab2_kmax.evaluation import panoptic_quality
 
-_GT_JSON = flags.DEFINE_string("gt_json", None, "Ground-truth JSON.")
-_GT_FOLDER = flags.DEFINE_string("gt_folder", None, "Ground-truth PNG folder.")
-_PRED_JSON = flags.DEFINE_string("pred_json", None, "Prediction JSON.")
-_PRED_FOLDER = flags.DEFINE_string("pred_folder", None,
-                                   "Prediction PNG folder.")
-_PER_CLASS = flags.DEFINE_bool("per_class", False, "Also print every class.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """CLI flags; defined only when run as a program (modules share names)."""
+  flags.DEFINE_string("gt_json", None, "Ground-truth JSON.")
+  flags.DEFINE_string("gt_folder", None, "Ground-truth PNG folder.")
+  flags.DEFINE_string("pred_json", None, "Prediction JSON.")
+  flags.DEFINE_string("pred_folder", None,
+                      "Prediction PNG folder.")
+  flags.DEFINE_bool("per_class", False, "Also print every class.")
 
 _VOID_CLASS = 0  # COCO panoptic category ids start at 1.
 
@@ -112,12 +117,12 @@ def evaluate(gt_json: str, gt_folder: str, pred_json: str, pred_folder: str,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  for flag in (_GT_JSON, _GT_FOLDER, _PRED_JSON, _PRED_FOLDER):
-    if not flag.value:
-      raise app.UsageError(f"--{flag.name} is required.")
+  for name in ("gt_json", "gt_folder", "pred_json", "pred_folder"):
+    if not FLAGS[name].value:
+      raise app.UsageError(f"--{name} is required.")
   try:
-    result = evaluate(_GT_JSON.value, _GT_FOLDER.value, _PRED_JSON.value,
-                      _PRED_FOLDER.value)
+    result = evaluate(FLAGS.gt_json, FLAGS.gt_folder, FLAGS.pred_json,
+                      FLAGS.pred_folder)
   except EvaluationError as e:
     print(f"ERROR: {e}", file=sys.stderr)
     sys.exit(1)
@@ -128,11 +133,12 @@ def main(argv):
           f"{100 * summary['SQ' + suffix]:6.2f} "
           f"{100 * summary['RQ' + suffix]:6.2f} "
           f"{summary['num_classes' + suffix]:4d}")
-  if _PER_CLASS.value:
+  if FLAGS.per_class:
     for cls, values in sorted(result["per_class"].items()):
       name = result["categories"][cls].get("name", cls)
       print(f"  {name!s:20s} PQ {100 * values['pq']:6.2f}")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -13,25 +13,30 @@ from absl import flags
 from deeplab2_kmax import config_loader
 from deeplab2_kmax.trainer import export_lib
 
-_CONFIG_FILE = flags.DEFINE_string("config_file", None, "Experiment textproto.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint_path", None,
-                                  "Checkpoint prefix (e.g. model_dir/ckpt-N).")
-_OUTPUT = flags.DEFINE_string("output_path", None, "SavedModel directory.")
-_DEFINES = flags.DEFINE_multi_string("define", [], "NAME=VALUE placeholders.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """CLI flags; defined only when run as a program (modules share names)."""
+  flags.DEFINE_string("config_file", None, "Experiment textproto.")
+  flags.DEFINE_string("checkpoint_path", None,
+                      "Checkpoint prefix (e.g. model_dir/ckpt-N).")
+  flags.DEFINE_string("output_path", None, "SavedModel directory.")
+  flags.DEFINE_multi_string("define", [], "NAME=VALUE placeholders.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not (_CONFIG_FILE.value and _CHECKPOINT.value and _OUTPUT.value):
+  if not (FLAGS.config_file and FLAGS.checkpoint_path and FLAGS.output_path):
     raise app.UsageError(
         "--config_file, --checkpoint_path and --output_path are required.")
   values = dict(os.environ)
-  values.update(d.split("=", 1) for d in _DEFINES.value if "=" in d)
+  values.update(d.split("=", 1) for d in FLAGS.define if "=" in d)
   try:
-    config = config_loader.load_config(_CONFIG_FILE.value, values,
+    config = config_loader.load_config(FLAGS.config_file, values,
                                        validate_config=False)
-    path = export_lib.export(config, _CHECKPOINT.value, _OUTPUT.value)
+    path = export_lib.export(config, FLAGS.checkpoint_path, FLAGS.output_path)
   except (config_loader.ConfigError, export_lib.ExportError) as e:
     print(f"ERROR: {e}", file=sys.stderr)
     sys.exit(1)
@@ -39,4 +44,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

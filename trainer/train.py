@@ -17,18 +17,23 @@ from absl import logging
 
 from deeplab2_kmax import config_loader
 
-_CONFIG_FILE = flags.DEFINE_string("config_file", None, "Experiment textproto.")
-_MODEL_DIR = flags.DEFINE_string("model_dir", None,
-                                 "Checkpoints and summaries go here.")
-_MODE = flags.DEFINE_enum("mode", "train_and_eval",
-                          ["train", "eval", "train_and_eval",
-                           "continuous_eval"], "What to run.")
-_NUM_GPUS = flags.DEFINE_integer(
-    "num_gpus", 0, "GPUs for MirroredStrategy (-1: every visible device).")
-_MASTER = flags.DEFINE_string("master", None, "TPU address (grpc://...).")
-_TPU = flags.DEFINE_string("tpu", None, "TPU name.")
-_DEFINE = flags.DEFINE_multi_string(
-    "define", [], "NAME=VALUE to fill ${NAME} in the config.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """CLI flags; defined only when run as a program (modules share names)."""
+  flags.DEFINE_string("config_file", None, "Experiment textproto.")
+  flags.DEFINE_string("model_dir", None,
+                      "Checkpoints and summaries go here.")
+  flags.DEFINE_enum("mode", "train_and_eval",
+                    ["train", "eval", "train_and_eval",
+                     "continuous_eval"], "What to run.")
+  flags.DEFINE_integer(
+      "num_gpus", 0, "GPUs for MirroredStrategy (-1: every visible device).")
+  flags.DEFINE_string("master", None, "TPU address (grpc://...).")
+  flags.DEFINE_string("tpu", None, "TPU name.")
+  flags.DEFINE_multi_string(
+      "define", [], "NAME=VALUE to fill ${NAME} in the config.")
 
 
 def parse_defines(defines):
@@ -45,24 +50,24 @@ def parse_defines(defines):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not _CONFIG_FILE.value or not _MODEL_DIR.value:
+  if not FLAGS.config_file or not FLAGS.model_dir:
     raise app.UsageError("--config_file and --model_dir are required.")
   # Imported late so flag errors stay fast.
   from deeplab2_kmax.trainer import distribution  # pylint: disable=g-import-not-at-top
   from deeplab2_kmax.trainer import train_lib  # pylint: disable=g-import-not-at-top
   from deeplab2_kmax.trainer import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   try:
-    config = config_loader.load_config(_CONFIG_FILE.value,
-                                       parse_defines(_DEFINE.value))
+    config = config_loader.load_config(FLAGS.config_file,
+                                       parse_defines(FLAGS.define))
     missing = config_loader.unresolved_placeholders(config)
     if missing:
       raise config_loader.ConfigError(
-          f"{_CONFIG_FILE.value}: unresolved placeholders "
+          f"{FLAGS.config_file}: unresolved placeholders "
           + ", ".join(f"{field}: {value}" for field, value in missing.items())
           + " (pass --define NAME=VALUE or set the environment variable)")
-    strategy = distribution.get_strategy(_NUM_GPUS.value, _MASTER.value,
-                                         _TPU.value)
-    metrics = train_lib.run_experiment(config, _MODEL_DIR.value, _MODE.value,
+    strategy = distribution.get_strategy(FLAGS.num_gpus, FLAGS.master,
+                                         FLAGS.tpu)
+    metrics = train_lib.run_experiment(config, FLAGS.model_dir, FLAGS.mode,
                                        strategy)
   except (config_loader.ConfigError, train_lib.ExperimentError,
           trainer_lib.NonFiniteLossError) as e:
@@ -74,4 +79,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

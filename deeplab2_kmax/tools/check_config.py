@@ -18,8 +18,13 @@ from absl import flags
 
 from deeplab2_kmax import config_loader
 
-_DEFINE = flags.DEFINE_multi_string(
-    "define", [], "NAME=VALUE to fill ${NAME} placeholders (repeatable).")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """CLI flags; defined only when run as a program (modules share names)."""
+  flags.DEFINE_multi_string(
+      "define", [], "NAME=VALUE to fill ${NAME} placeholders (repeatable).")
 
 
 def parse_defines(defines: Sequence[str]) -> Dict[str, str]:
@@ -57,7 +62,7 @@ def main(argv):
   if not paths:
     raise app.UsageError("Give one or more config files.")
   try:
-    values = parse_defines(_DEFINE.value)
+    values = parse_defines(FLAGS.define)
   except config_loader.ConfigError as e:
     print(f"ERROR {e}", file=sys.stderr)
     sys.exit(2)
@@ -68,4 +73,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -245,28 +245,33 @@ def convert_checkpoint(config, deeplab2_checkpoint: str,
       ignored_optimizer_slots=slots, ignored_state=state)
 
 
-_CONFIG_FILE = flags.DEFINE_string("config_file", None,
-                                   "Config of the model to build.")
-_DEEPLAB2_CHECKPOINT = flags.DEFINE_string(
-    "deeplab2_checkpoint", None, "DeepLab2 checkpoint prefix or directory.")
-_OUTPUT_CHECKPOINT = flags.DEFINE_string(
-    "output_checkpoint", None, "Prefix of the converted checkpoint.")
-_CROP_SIZE = flags.DEFINE_string(
-    "crop_size", None, "H,W to build the model at (default: eval crop).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False,
-                               "Replace an existing output checkpoint.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """CLI flags; defined only when run as a program (modules share names)."""
+  flags.DEFINE_string("config_file", None,
+                      "Config of the model to build.")
+  flags.DEFINE_string(
+      "deeplab2_checkpoint", None, "DeepLab2 checkpoint prefix or directory.")
+  flags.DEFINE_string(
+      "output_checkpoint", None, "Prefix of the converted checkpoint.")
+  flags.DEFINE_string(
+      "crop_size", None, "H,W to build the model at (default: eval crop).")
+  flags.DEFINE_bool("overwrite", False,
+                    "Replace an existing output checkpoint.")
 
 
 def main(argv):
   del argv
-  for flag in (_CONFIG_FILE, _DEEPLAB2_CHECKPOINT, _OUTPUT_CHECKPOINT):
-    if not flag.value:
-      raise app.UsageError(f"--{flag.name} is required.")
+  for name in ("config_file", "deeplab2_checkpoint", "output_checkpoint"):
+    if not FLAGS[name].value:
+      raise app.UsageError(f"--{name} is required.")
   try:
-    crop = parse_crop_size(_CROP_SIZE.value) if _CROP_SIZE.value else None
-    report = convert_checkpoint(_CONFIG_FILE.value, _DEEPLAB2_CHECKPOINT.value,
-                                _OUTPUT_CHECKPOINT.value, crop,
-                                _OVERWRITE.value)
+    crop = parse_crop_size(FLAGS.crop_size) if FLAGS.crop_size else None
+    report = convert_checkpoint(FLAGS.config_file, FLAGS.deeplab2_checkpoint,
+                                FLAGS.output_checkpoint, crop,
+                                FLAGS.overwrite)
   except (ConversionError, config_loader.ConfigError) as e:
     print(f"ERROR: {e}", file=sys.stderr)
     sys.exit(1)
@@ -274,4 +279,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -41,25 +41,30 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
 DEFAULT_CONFIG = os.path.join(_REPO_ROOT, "configs", "synthetic",
                               "kmax_tiny_r50_os32.textproto")
 
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "demo_output",
-                                  "Where data, model, SavedModel and PNGs go.")
-_CONFIG_FILE = flags.DEFINE_string("config_file", DEFAULT_CONFIG,
-                                   "Experiment textproto (${DATA_DIR} is set).")
-_NUM_TRAIN = flags.DEFINE_integer("num_train", 2000, "Synthetic train images.")
-_NUM_VAL = flags.DEFINE_integer("num_val", 200, "Synthetic val images.")
-_SEED = flags.DEFINE_integer("seed", 0, "Dataset seed.")
-_NUM_RENDER = flags.DEFINE_integer("num_render", 4,
-                                   "Validation images to render.")
-_TRAINING_STEPS = flags.DEFINE_integer(
-    "training_steps", None, "Override trainer_options.solver_options."
-    "training_number_of_steps (default: the config's).")
-_CROSS_ATTENTION = flags.DEFINE_enum(
-    "cross_attention", None, ["kmeans", "softmax"],
-    "Override the transformer decoder's cross-attention (for the ablation).")
-_RANDOM_SEED = flags.DEFINE_integer(
-    "random_seed", None, "Override the experiment's random_seed.")
-_SKIP_EXPORT = flags.DEFINE_bool("skip_export", False,
-                                 "Stop after evaluation (used by ablations).")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """CLI flags; defined only when run as a program (modules share names)."""
+  flags.DEFINE_string("output_dir", "demo_output",
+                      "Where data, model, SavedModel and PNGs go.")
+  flags.DEFINE_string("config_file", DEFAULT_CONFIG,
+                      "Experiment textproto (${DATA_DIR} is set).")
+  flags.DEFINE_integer("num_train", 2000, "Synthetic train images.")
+  flags.DEFINE_integer("num_val", 200, "Synthetic val images.")
+  flags.DEFINE_integer("seed", 0, "Dataset seed.")
+  flags.DEFINE_integer("num_render", 4,
+                       "Validation images to render.")
+  flags.DEFINE_integer(
+      "training_steps", None, "Override trainer_options.solver_options."
+      "training_number_of_steps (default: the config's).")
+  flags.DEFINE_enum(
+      "cross_attention", None, ["kmeans", "softmax"],
+      "Override the transformer decoder's cross-attention (for the ablation).")
+  flags.DEFINE_integer(
+      "random_seed", None, "Override the experiment's random_seed.")
+  flags.DEFINE_bool("skip_export", False,
+                    "Stop after evaluation (used by ablations).")
 
 
 class DemoError(RuntimeError):
@@ -229,9 +234,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   try:
     result = run_demo(
-        _OUTPUT_DIR.value, _CONFIG_FILE.value, _NUM_TRAIN.value, _NUM_VAL.value,
-        _SEED.value, _NUM_RENDER.value, _TRAINING_STEPS.value,
-        _CROSS_ATTENTION.value, _RANDOM_SEED.value, _SKIP_EXPORT.value)
+        FLAGS.output_dir, FLAGS.config_file, FLAGS.num_train, FLAGS.num_val,
+        FLAGS.seed, FLAGS.num_render, FLAGS.training_steps,
+        FLAGS.cross_attention, FLAGS.random_seed, FLAGS.skip_export)
   except (DemoError, config_loader.ConfigError) as e:
     print(f"ERROR: {e}", file=sys.stderr)
     sys.exit(1)
@@ -239,4 +244,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

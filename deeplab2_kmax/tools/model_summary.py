@@ -22,10 +22,15 @@ from absl import flags
 
 from deeplab2_kmax import config_loader
 
-_CONFIG_FILE = flags.DEFINE_string("config_file", None, "Experiment textproto.")
-_CROP_SIZE = flags.DEFINE_list(
-    "crop_size", None, "H,W (default: the config's eval crop).")
-_DEFINES = flags.DEFINE_multi_string("define", [], "NAME=VALUE placeholders.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """CLI flags; defined only when run as a program (modules share names)."""
+  flags.DEFINE_string("config_file", None, "Experiment textproto.")
+  flags.DEFINE_list(
+      "crop_size", None, "H,W (default: the config's eval crop).")
+  flags.DEFINE_multi_string("define", [], "NAME=VALUE placeholders.")
 
 
 def count_float_ops(model, crop_size: Sequence[int],
@@ -68,17 +73,17 @@ def summarize(config, crop_size: Sequence[int]) -> Dict[str, object]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not _CONFIG_FILE.value:
+  if not FLAGS.config_file:
     raise app.UsageError("--config_file is required.")
   values = dict(os.environ)
-  values.update(d.split("=", 1) for d in _DEFINES.value if "=" in d)
+  values.update(d.split("=", 1) for d in FLAGS.define if "=" in d)
   try:
-    config = config_loader.load_config(_CONFIG_FILE.value, values,
+    config = config_loader.load_config(FLAGS.config_file, values,
                                        validate_config=False)
-    if _CROP_SIZE.value:
-      if len(_CROP_SIZE.value) != 2:
+    if FLAGS.crop_size:
+      if len(FLAGS.crop_size) != 2:
         raise ValueError("expected H,W")
-      crop = tuple(int(v) for v in _CROP_SIZE.value)
+      crop = tuple(int(v) for v in FLAGS.crop_size)
     else:
       crop = tuple(config.eval_dataset_options.crop_size)
   except (config_loader.ConfigError, ValueError) as e:
@@ -98,4 +103,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

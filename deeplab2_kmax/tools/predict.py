@@ -23,15 +23,20 @@ from PIL import UnidentifiedImageError
 from deeplab2_kmax import visualization
 from deeplab2_kmax.data import dataset_registry
 
-_SAVED_MODEL = flags.DEFINE_string("saved_model", None, "SavedModel directory.")
-_IMAGE = flags.DEFINE_string("image", None, "Input image (PNG, JPEG, ...).")
-_OUTPUT = flags.DEFINE_string(
-    "output", None, "Output PNG (default: <image>_panoptic.png beside it).")
-_CLUSTER_PANELS = flags.DEFINE_string(
-    "cluster_panels", None, "Optional PNG for the per-layer cluster panels.")
-_DATASET = flags.DEFINE_string(
-    "dataset", None, "Dataset whose colours and label divisor to use "
-    "(default: the one recorded in the SavedModel, else coco_panoptic).")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """CLI flags; defined only when run as a program (modules share names)."""
+  flags.DEFINE_string("saved_model", None, "SavedModel directory.")
+  flags.DEFINE_string("image", None, "Input image (PNG, JPEG, ...).")
+  flags.DEFINE_string(
+      "output", None, "Output PNG (default: <image>_panoptic.png beside it).")
+  flags.DEFINE_string(
+      "cluster_panels", None, "Optional PNG for the per-layer cluster panels.")
+  flags.DEFINE_string(
+      "dataset", None, "Dataset whose colours and label divisor to use "
+      "(default: the one recorded in the SavedModel, else coco_panoptic).")
 
 
 class PredictError(ValueError):
@@ -119,11 +124,11 @@ def run(saved_model_dir: str, image_path: str, output_path: Optional[str],
 
 def main(argv):
   del argv
-  if not _SAVED_MODEL.value or not _IMAGE.value:
+  if not FLAGS.saved_model or not FLAGS.image:
     raise app.UsageError("--saved_model and --image are required.")
   try:
-    path = run(_SAVED_MODEL.value, _IMAGE.value, _OUTPUT.value,
-               _CLUSTER_PANELS.value, _DATASET.value)
+    path = run(FLAGS.saved_model, FLAGS.image, FLAGS.output,
+               FLAGS.cluster_panels, FLAGS.dataset)
   except (PredictError, ValueError) as e:
     print(f"ERROR: {e}", file=sys.stderr)
     sys.exit(1)
@@ -131,4 +136,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
