@@ -68,6 +68,25 @@ def _restore_initial_checkpoint(config, model):
         weights).expect_partial()
 
 
+def worker_write_dir(strategy: tf.distribute.Strategy, model_dir: str) -> str:
+  """Where this worker writes checkpoints and summaries.
+
+  Under MultiWorkerMirroredStrategy every worker takes part in saving, but
+  only the chief writes to `model_dir`; the others keep their own copy in
+  `model_dir/worker_N` (so a restart of any worker finds its checkpoint).
+  """
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or (
+      resolver is None or not resolver.task_type):
+    return model_dir
+  task_type, task_id = resolver.task_type, resolver.task_id or 0
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  is_chief = task_type == "chief" or (
+      task_type == "worker" and task_id == 0 and not has_chief)
+  return model_dir if is_chief else os.path.join(model_dir,
+                                                 f"{task_type}_{task_id}")
+
+
 def run_experiment(config, model_dir: str, mode: str = "train_and_eval",
                    strategy: Optional[tf.distribute.Strategy] = None
                    ) -> Dict[str, float]:
@@ -76,6 +95,7 @@ def run_experiment(config, model_dir: str, mode: str = "train_and_eval",
     raise ExperimentError(f"--mode must be one of {MODES}, got {mode!r}")
   strategy = strategy or tf.distribute.get_strategy()
   _check_model_dir(model_dir)
+  model_dir = worker_write_dir(strategy, model_dir)
   training = mode in ("train", "train_and_eval")
   evaluating = mode != "train"
   if training:
@@ -83,7 +103,10 @@ def run_experiment(config, model_dir: str, mode: str = "train_and_eval",
   if evaluating:
     _check_data(config.eval_dataset_options, "eval_dataset_options")
   _set_precision(config, strategy)
-  tf.random.set_seed(config.random_seed)
+  # Seeds Python, NumPy and TensorFlow: tf_keras initialisers draw their
+  # seeds from Python's `random`, so tf.random.set_seed alone would leave the
+  # initial weights different from run to run.
+  tf_keras.utils.set_random_seed(config.random_seed)
   info = builders.dataset_info(config)
   trainer_options = config.trainer_options
   crop = tuple(config.train_dataset_options.crop_size if training

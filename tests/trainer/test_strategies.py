@@ -6,7 +6,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 import trainer_test_utils as utils
 
 _SCRIPT = textwrap.dedent("""
@@ -26,6 +25,12 @@ _SCRIPT = textwrap.dedent("""
     # Unsampled losses: the Gumbel sampling would differ per replica.
     config.model_options.max_deeplab.instance_discrimination_sample_k = 0
     config.model_options.max_deeplab.semantic_sample_k = 0
+    # The ASPP's dropout draws its mask per replica; switch it off so the
+    # runs see the same network.
+    import tf_keras
+    dropout_init = tf_keras.layers.Dropout.__init__
+    tf_keras.layers.Dropout.__init__ = (
+        lambda self, rate, *a, **k: dropout_init(self, 0.0, *a, **k))
     strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
                 if replicas == 2 else tf.distribute.get_strategy())
     train_lib.run_experiment(config, sys.argv[3], "train", strategy)
@@ -41,7 +46,6 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
 def test_two_replicas_match_one_device(tmp_path):
   data_dir = utils.tiny_data(str(tmp_path))
   weights = []
@@ -55,7 +59,20 @@ def test_two_replicas_match_one_device(tmp_path):
     weights.append(json.loads(result.stdout.strip().splitlines()[-1]))
   assert weights[0].keys() == weights[1].keys()
   assert any(name.startswith("optimizer/_variables") for name in weights[0])
+  # Tensors that are structurally ~0 (the gradient of a bias before a batch
+  # norm, the moving mean of a zero-mean input) hold float noise of 1e-9;
+  # they are compared only against the largest value of their group.
+  groups = {}
+  for name, values in weights[0].items():
+    group = name.split("/")[0] if "optimizer" in name else "moving_mean"
+    groups[group] = max(groups.get(group, 0.0), np.abs(values).max())
+  compared = 0
   for name in weights[0]:
-    scale = np.abs(weights[0][name]).max() + 1e-12
-    np.testing.assert_allclose(weights[0][name], weights[1][name], rtol=1e-3,
-                               atol=1e-3 * scale, err_msg=name)
+    group = name.split("/")[0] if "optimizer" in name else "moving_mean"
+    scale = np.abs(weights[0][name]).max()
+    np.testing.assert_allclose(
+        weights[0][name], weights[1][name], rtol=1e-3,
+        atol=1e-3 * scale + 1e-5 * groups[group], err_msg=name)
+    compared += scale > 1e-3 * groups[group]
+  # Most tensors are compared at their own scale, not only at the floor.
+  assert compared > len(weights[0]) // 3, (compared, len(weights[0]))
