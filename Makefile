@@ -9,7 +9,8 @@ install:
 
 install-test:
 	$(PYTHON) -m pip install -q -e ".[test]"
-	$(PYTHON) -m pip install -q --no-deps "panopticapi-lite==0.2.0"
+	$(PYTHON) -m pip install -q --no-deps "panopticapi-lite==0.2.0" \
+	    "cityscapesscripts==2.2.4"
 
 # Quick start 1: install, then run the synthetic-data demo end to end.
 demo: install

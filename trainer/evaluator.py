@@ -60,12 +60,19 @@ class KMaXEvaluator(orbit.StandardEvaluator):
     if self._save_dir:
       from deeplab2_kmax.evaluation import writers  # pylint: disable=g-import-not-at-top
       step = int(self._global_step.numpy()) if self._global_step is not None else 0
-      categories = [{"id": c, "name": info.class_names[c],
-                     "isthing": int(info.class_has_instances[c])}
-                    for c in range(info.num_classes) if c != info.ignore_label]
-      self._writer = writers.CocoPanopticWriter(
-          self._save_dir, info.panoptic_label_divisor, info.ignore_label,
-          categories, name=f"predictions_step{step}")
+      name = f"predictions_step{step}"
+      if info.name == "cityscapes_panoptic":
+        self._writer = writers.CityscapesPanopticWriter(
+            self._save_dir, info.panoptic_label_divisor, info.ignore_label,
+            info.class_names, info.class_has_instances, name=name)
+      else:
+        categories = [{"id": c, "name": info.class_names[c],
+                       "isthing": int(info.class_has_instances[c])}
+                      for c in range(info.num_classes)
+                      if c != info.ignore_label]
+        self._writer = writers.CocoPanopticWriter(
+            self._save_dir, info.panoptic_label_divisor, info.ignore_label,
+            categories, name=name)
 
   def eval_step(self, iterator):
     def step_fn(batch):
