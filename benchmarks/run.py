@@ -9,6 +9,7 @@ median over repeats after warm-up, with its spread.
 """
 
 import argparse
+import functools
 import os
 import tempfile
 import time
@@ -121,9 +122,16 @@ def _random_batch(batch, crop, info, max_thing_id):
 
 
 def train_suite(args, roof):
-  """Training-step images/s (forward, loss, backward, AdamW update)."""
+  """Training-step images/s (forward, loss, backward, AdamW update).
+
+  With --train_xla each case is also run XLA-compiled; before any step, both
+  modes evaluate the loss on the same weights and batch, and the row reports
+  their difference. Stochastic depth and dropout are off in both modes so
+  that the two compute the same function (their cost is negligible).
+  """
   del roof
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
 
   from deeplab2_kmax import builders  # pylint: disable=g-import-not-at-top
   from deeplab2_kmax.trainer import optimization  # pylint: disable=g-import-not-at-top
@@ -133,27 +141,42 @@ def train_suite(args, roof):
            ("R50 COCO 257x257 b2", args.config_file, (257, 257), 2)]
   for name, config_file, crop, batch_size in cases:
     config = _load(config_file, crop, {"DATA_DIR": "/nonexistent"})
-    for jit in ((False, True) if args.train_xla else (False,)):
+    max_deeplab = config.model_options.max_deeplab
+    max_deeplab.transformer_decoder.drop_path_keep_prob = 1.0
+    max_deeplab.transformer_decoder.use_drop_query = False
+    config.model_options.backbone.drop_path_keep_prob = 1.0
+    tf_keras.utils.set_random_seed(0)
+    model = builders.build_model(config, crop_size=crop)
+    for layer in model.submodules:
+      if isinstance(layer, tf_keras.layers.Dropout):
+        layer.rate = 0.0
+    rest, backbone = optimization.split_variables(model)
+    batch = _random_batch(batch_size, crop, builders.dataset_info(config),
+                          config.train_dataset_options.max_thing_id)
+    initial = [v.numpy() for v in model.variables]
+
+    def gradients(batch, loss, model=model, rest=rest, backbone=backbone):
+      with tf.GradientTape() as tape:
+        outputs = model(batch["image"], training=True)
+        total = tf.reduce_mean(loss(batch, outputs)["total_loss"])
+      return total, tape.gradient(total, rest + backbone)
+
+    modes = (False, True) if args.train_xla else (False,)
+    computes = {}
+    for jit in modes:  # The Hungarian matching follows jit_compile ('auto').
       config.trainer_options.jit_compile = jit
-      model = builders.build_model(config, crop_size=crop)
       loss = builders.build_loss(config, seed=tf.constant([0, 0]))
-      rest, backbone = optimization.split_variables(model)
+      computes[jit] = tf.function(functools.partial(gradients, loss=loss),
+                                  jit_compile=jit)
+    first_loss = {jit: float(computes[jit](batch)[0]) for jit in modes}
+    for jit in modes:
+      for variable, value in zip(model.variables, initial):
+        variable.assign(value)  # Both modes time from the same weights.
       optimizer, backbone_optimizer = optimization.build_optimizers(
           config.trainer_options.solver_options)
-      batch = _random_batch(batch_size, crop, builders.dataset_info(config),
-                            config.train_dataset_options.max_thing_id)
-
-      def gradients(batch, model=model, loss=loss, rest=rest,
-                    backbone=backbone):
-        with tf.GradientTape() as tape:
-          outputs = model(batch["image"], training=True)
-          total = tf.reduce_mean(loss(batch, outputs)["total_loss"])
-        return total, tape.gradient(total, rest + backbone)
-
-      compute = tf.function(gradients, jit_compile=jit)
 
       @tf.function
-      def step(batch, compute=compute, rest=rest, backbone=backbone,
+      def step(batch, compute=computes[jit], rest=rest, backbone=backbone,
                optimizer=optimizer, backbone_optimizer=backbone_optimizer):
         total, grads = compute(batch)
         optimizer.apply_gradients(zip(grads[:len(rest)], rest))
@@ -163,7 +186,10 @@ def train_suite(args, roof):
       timing = harness.time_call(lambda step=step: step(batch), warmup=2,
                                  repeats=args.repeats,
                                  sync=lambda r: r.numpy())
-      rows.append(_row("train", f"{name}{' XLA' if jit else ''}", timing,
+      case = f"{name}{' XLA' if jit else ''}, first loss {first_loss[jit]:.5f}"
+      if jit:
+        case += f" (|d| {abs(first_loss[jit] - first_loss[False]):.1e})"
+      rows.append(_row("train", case, timing,
                        f"{batch_size / timing.median_s:.2f} img/s"))
   return rows
 

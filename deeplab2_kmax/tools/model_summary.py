@@ -36,14 +36,19 @@ def _define_flags() -> None:
 def count_float_ops(model, crop_size: Sequence[int],
                     include_semantic: bool = False) -> int:
   """Float operations of one batch-1 inference pass (TF profiler)."""
+  height, width = (int(v) for v in crop_size)
+  return count_function_float_ops(
+      lambda x: model(x, training=False, return_semantic=include_semantic),
+      [1, height, width, 3])
+
+
+def count_function_float_ops(fn, input_shape: Sequence[int]) -> int:
+  """Float operations of `fn(x)` for one float32 `x` of `input_shape`."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-import-not-at-top
 
-  height, width = (int(v) for v in crop_size)
-  forward = tf.function(lambda x: model(x, training=False,
-                                        return_semantic=include_semantic))
-  concrete = forward.get_concrete_function(
-      tf.TensorSpec([1, height, width, 3], tf.float32))
+  concrete = tf.function(fn).get_concrete_function(
+      tf.TensorSpec(input_shape, tf.float32))
   frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
   options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
   options["output"] = "none"
