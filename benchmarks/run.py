@@ -191,6 +191,7 @@ def train_suite(args, roof):
         case += f" (|d| {abs(first_loss[jit] - first_loss[False]):.1e})"
       rows.append(_row("train", case, timing,
                        f"{batch_size / timing.median_s:.2f} img/s"))
+      print("done:", rows[-1], flush=True)  # XLA cases take minutes each.
   return rows
 
 
