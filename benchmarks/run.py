@@ -9,7 +9,6 @@ median over repeats after warm-up, with its spread.
 """
 
 import argparse
-import functools
 import os
 import tempfile
 import time
@@ -145,44 +144,52 @@ def train_suite(args, roof):
     max_deeplab.transformer_decoder.drop_path_keep_prob = 1.0
     max_deeplab.transformer_decoder.use_drop_query = False
     config.model_options.backbone.drop_path_keep_prob = 1.0
-    tf_keras.utils.set_random_seed(0)
-    model = builders.build_model(config, crop_size=crop)
-    for layer in model.submodules:
-      if isinstance(layer, tf_keras.layers.Dropout):
-        layer.rate = 0.0
-    rest, backbone = optimization.split_variables(model)
     batch = _random_batch(batch_size, crop, builders.dataset_info(config),
                           config.train_dataset_options.max_thing_id)
-    initial = [v.numpy() for v in model.variables]
-
-    def gradients(batch, loss, model=model, rest=rest, backbone=backbone):
-      with tf.GradientTape() as tape:
-        outputs = model(batch["image"], training=True)
-        total = tf.reduce_mean(loss(batch, outputs)["total_loss"])
-      return total, tape.gradient(total, rest + backbone)
-
     modes = (False, True) if args.train_xla else (False,)
-    computes = {}
-    for jit in modes:  # The Hungarian matching follows jit_compile ('auto').
-      config.trainer_options.jit_compile = jit
-      loss = builders.build_loss(config, seed=tf.constant([0, 0]))
-      computes[jit] = tf.function(functools.partial(gradients, loss=loss),
-                                  jit_compile=jit)
-    first_loss = {jit: float(computes[jit](batch)[0]) for jit in modes}
+    initial, first_loss, steps = None, {}, {}
     for jit in modes:
+      # jit_compile also selects the Hungarian matching ('auto') and the
+      # batch-norm kernel (builders.model_kwargs), so each mode gets its own
+      # build; both start from the same weights.
+      config.trainer_options.jit_compile = jit
+      tf_keras.utils.set_random_seed(0)
+      model = builders.build_model(config, crop_size=crop)
+      for layer in model.submodules:
+        if isinstance(layer, tf_keras.layers.Dropout):
+          layer.rate = 0.0
+      if initial is None:
+        initial = [v.numpy() for v in model.variables]
       for variable, value in zip(model.variables, initial):
-        variable.assign(value)  # Both modes time from the same weights.
+        variable.assign(value)
+      rest, backbone = optimization.split_variables(model)
+      loss = builders.build_loss(config, seed=tf.constant([0, 0]))
+
+      def gradients(batch, loss=loss, model=model, rest=rest,
+                    backbone=backbone):
+        with tf.GradientTape() as tape:
+          outputs = model(batch["image"], training=True)
+          total = tf.reduce_mean(loss(batch, outputs)["total_loss"])
+        return total, tape.gradient(total, rest + backbone)
+
+      compute = tf.function(gradients, jit_compile=jit)
+      first_loss[jit] = float(compute(batch)[0])
+      for variable, value in zip(model.variables, initial):
+        variable.assign(value)  # The first call updated no weights, but BN.
       optimizer, backbone_optimizer = optimization.build_optimizers(
           config.trainer_options.solver_options)
 
       @tf.function
-      def step(batch, compute=computes[jit], rest=rest, backbone=backbone,
+      def step(batch, compute=compute, rest=rest, backbone=backbone,
                optimizer=optimizer, backbone_optimizer=backbone_optimizer):
         total, grads = compute(batch)
         optimizer.apply_gradients(zip(grads[:len(rest)], rest))
         backbone_optimizer.apply_gradients(zip(grads[len(rest):], backbone))
         return total
 
+      steps[jit] = step
+    for jit in modes:
+      step = steps[jit]
       timing = harness.time_call(lambda step=step: step(batch), warmup=2,
                                  repeats=args.repeats,
                                  sync=lambda r: r.numpy())

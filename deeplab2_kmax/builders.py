@@ -70,6 +70,7 @@ def model_kwargs(config) -> Dict[str, object]:
       else 0,
       pixel_head_channels=kmax.pixel_space_head.head_channels or 256,
       pixel_output_channels=kmax.pixel_space_head.output_channels or 128,
+      mask_logits_gamma_init=kmax.mask_logits_batch_norm_gamma_init,
       use_semantic_branch=config.trainer_options.loss_options.HasField(
           "semantic_loss"),
       use_semantic_decoder=kmax.use_auxiliary_semantic_decoder,

@@ -226,6 +226,8 @@ def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
   for name in ("instance_discrimination_sample_k", "semantic_sample_k"):
     c.require(getattr(max_deeplab, name) >= 0, f"model_options.max_deeplab.{name}",
               f"{getattr(max_deeplab, name)} must be >= 0 (0: no sampling)")
+  c.positive(max_deeplab.mask_logits_batch_norm_gamma_init,
+             "model_options.max_deeplab.mask_logits_batch_norm_gamma_init")
   if info is not None and max_deeplab.auxiliary_semantic_head.HasField(
       "output_channels"):
     c.require(max_deeplab.auxiliary_semantic_head.output_channels ==

@@ -45,8 +45,11 @@ def _hungarian_square(cost: tf.Tensor) -> tf.Tensor:
 
   The classic shortest-augmenting-path algorithm with row/column potentials
   (Jonker-Volgenant style), written with tf.while_loop so it traces once.
+  Dynamic reads use tf.gather: under XLA, `x[k]` inside the loops made the
+  loop state, and so the cost itself, compile-time constants, which
+  recompiled the program for every new cost.
   """
-  n = tf.shape(cost)[0]
+  n = cost.shape[0]
   inf = tf.constant(np.inf, tf.float64)
   # Index 0 is a virtual column; columns 1..n are real.
   u0 = tf.zeros([n + 1], tf.float64)
@@ -61,19 +64,19 @@ def _hungarian_square(cost: tf.Tensor) -> tf.Tensor:
     way = tf.zeros([n + 1], tf.int32)
 
     def search_cond(j0, u, v, p, minv, used, way):
-      return tf.not_equal(p[j0], 0)
+      return tf.not_equal(tf.gather(p, j0), 0)
 
     def search_body(j0, u, v, p, minv, used, way):
       used = tf.tensor_scatter_nd_update(used, [[j0]], [True])
-      i0 = p[j0]
-      current = padded[i0] - u[i0] - v
+      i0 = tf.gather(p, j0)
+      current = tf.gather(padded, i0) - tf.gather(u, i0) - v
       better = tf.logical_and(tf.logical_not(used), current < minv)
       minv = tf.where(better, current, minv)
       way = tf.where(better, tf.fill([n + 1], j0), way)
       masked = tf.where(used, tf.fill([n + 1], inf), minv)
       masked = tf.tensor_scatter_nd_update(masked, [[0]], [inf])
       j1 = tf.cast(tf.argmin(masked), tf.int32)
-      delta = masked[j1]
+      delta = tf.gather(masked, j1)
       # u[p[j]] += delta and v[j] -= delta for used columns; minv -= delta else.
       u = tf.tensor_scatter_nd_add(
           u, tf.expand_dims(p, -1),
@@ -89,8 +92,8 @@ def _hungarian_square(cost: tf.Tensor) -> tf.Tensor:
       return tf.not_equal(j0, 0)
 
     def augment_body(j0, p):
-      j1 = way[j0]
-      p = tf.tensor_scatter_nd_update(p, [[j0]], [p[j1]])
+      j1 = tf.gather(way, j0)
+      p = tf.tensor_scatter_nd_update(p, [[j0]], [tf.gather(p, j1)])
       return j1, p
 
     _, p = tf.while_loop(augment_cond, augment_body, (j0, p))

@@ -49,6 +49,7 @@ class KMaXDeepLab(tf_keras.Model):
                drop_query_keep_number: int = 0,
                pixel_head_channels: int = 256,
                pixel_output_channels: int = 128,
+               mask_logits_gamma_init: float = 0.1,
                use_semantic_branch: bool = True,
                use_semantic_decoder: bool = True,
                semantic_head_channels: int = 256,
@@ -82,6 +83,8 @@ class KMaXDeepLab(tf_keras.Model):
       drop_query_keep_number: Drop query (0 disables).
       pixel_head_channels: Pixel-space head width.
       pixel_output_channels: Pixel / mask embedding size D.
+      mask_logits_gamma_init: Initial gamma of every mask-logit batch norm
+        (final and auxiliary heads).
       use_semantic_branch: Build the auxiliary semantic branch (training).
       use_semantic_decoder: Put a Panoptic-DeepLab decoder before the semantic
         head (COCO) or not (Cityscapes: head on the os32 feature).
@@ -116,10 +119,11 @@ class KMaXDeepLab(tf_keras.Model):
         transformer_channels, transformer_ffn_channels, transformer_num_heads,
         cross_attention, transformer_drop_path_keep_prob,
         drop_query_keep_number, pixel_head_channels, pixel_output_channels,
-        bn_layer=bn_layer)
+        bn_layer=bn_layer, mask_logits_gamma_init=mask_logits_gamma_init)
     self.head = max_deeplab.MaXDeepLabHead(
         num_classes, pixel_head_channels, pixel_output_channels,
-        bn_layer=bn_layer, name="max_deeplab_head")
+        bn_layer=bn_layer, mask_logits_gamma_init=mask_logits_gamma_init,
+        name="max_deeplab_head")
     self.semantic_branch = None
     if use_semantic_branch:
       decoder = None

@@ -110,6 +110,8 @@ def test_wrong_type_names_file_and_line(tmp_path):
      "cross_attention"),
     ("evaluator_options { maskwise_postprocessing { overlapping_threshold: -0.1 } }",
      "overlapping_threshold"),
+    ("model_options { max_deeplab { mask_logits_batch_norm_gamma_init: 0 } }",
+     "mask_logits_batch_norm_gamma_init"),
 ])
 def test_semantic_errors_name_file_and_field(tmp_path, snippet, field):
   path = _write(tmp_path, _VALID + snippet)

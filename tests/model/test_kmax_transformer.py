@@ -126,3 +126,14 @@ def test_void_prior_gives_void_probability_0_9():
   logits[-1] = bias
   probs = np.exp(logits) / np.exp(logits).sum()
   assert probs[-1] == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("gamma", [0.1, 1.0])
+def test_mask_logit_gamma_init_reaches_every_head(gamma):
+  model = kmax_deeplab.KMaXDeepLab(5, transformer_num_blocks=(1, 1, 1),
+                                   mask_logits_gamma_init=gamma, **TINY)
+  model(tf.zeros([1, 33, 33, 3]), training=False, return_semantic=True)
+  gammas = [v.numpy() for k, v in model.deeplab2_variable_map().items()
+            if k.endswith("pixel_space_mask_batch_norm/gamma")]
+  assert len(gammas) == 1 + model.num_kmax_layers
+  np.testing.assert_allclose(np.concatenate(gammas), gamma)

@@ -87,6 +87,7 @@ class MaXDeepLabHead(tf_keras.layers.Layer):
                activation: str = "gelu",
                bn_layer: Callable[..., tf_keras.layers.Layer] = (
                    tf_keras.layers.BatchNormalization),
+               mask_logits_gamma_init: float = 0.1,
                name: str = "max_deeplab_head"):
     """Initialises the head.
 
@@ -97,6 +98,7 @@ class MaXDeepLabHead(tf_keras.layers.Layer):
       pixel_output_channels: D, the pixel / mask-kernel embedding size.
       activation: Activation of the pixel-space head.
       bn_layer: Batch-norm class.
+      mask_logits_gamma_init: Initial gamma of the mask-logit batch norm.
       name: Layer name.
     """
     super().__init__(name=name)
@@ -106,11 +108,12 @@ class MaXDeepLabHead(tf_keras.layers.Layer):
         activation=activation, bn_layer=bn_layer)
     self.pixel_space_feature_batch_norm = bn_layer(
         axis=-1, name="pixel_space_feature_batch_norm")
-    # One gamma/beta shared by every mask slot; gamma 0.1 starts the mask
-    # logits at a low temperature.
+    # One gamma/beta shared by every mask slot; DeepLab2's gamma 0.1 starts
+    # the mask logits at a low temperature.
     self.pixel_space_mask_batch_norm = bn_layer(
         axis=-1, name="pixel_space_mask_batch_norm",
-        gamma_initializer=tf_keras.initializers.Constant(0.1))
+        gamma_initializer=tf_keras.initializers.Constant(
+            mask_logits_gamma_init))
     self.transformer_mask_head = convolutions.Conv1DBN(
         pixel_output_channels, "transformer_mask_head", bn_layer=bn_layer,
         activation=None)

@@ -91,6 +91,7 @@ class KMaXLayer(tf_keras.layers.Layer):
                activation: str = "gelu",
                bn_layer: Callable[..., tf_keras.layers.Layer] = (
                    tf_keras.layers.BatchNormalization),
+               mask_logits_gamma_init: float = 0.1,
                name: str = "kmax_layer"):
     """Initialises the layer.
 
@@ -105,6 +106,7 @@ class KMaXLayer(tf_keras.layers.Layer):
       pixel_output_channels: Auxiliary head's embedding size.
       activation: Activation function.
       bn_layer: Batch-norm class.
+      mask_logits_gamma_init: Initial mask-logit gamma of the auxiliary head.
       name: Layer name.
     """
     super().__init__(name=name)
@@ -160,6 +162,7 @@ class KMaXLayer(tf_keras.layers.Layer):
     self.auxiliary_clustering_predictor = max_deeplab.MaXDeepLabHead(
         num_classes, pixel_head_channels, pixel_output_channels,
         activation=activation, bn_layer=bn_layer,
+        mask_logits_gamma_init=mask_logits_gamma_init,
         name="auxiliary_clustering_predictor")
 
   def _drop_path(self, x, training):
@@ -276,6 +279,7 @@ class KMaXTransformerDecoder(tf_keras.layers.Layer):
                activation: str = "gelu",
                bn_layer: Callable[..., tf_keras.layers.Layer] = (
                    tf_keras.layers.BatchNormalization),
+               mask_logits_gamma_init: float = 0.1,
                name: str = "transformer_decoder"):
     """Initialises the decoder.
 
@@ -294,6 +298,7 @@ class KMaXTransformerDecoder(tf_keras.layers.Layer):
       pixel_output_channels: Auxiliary heads' embedding size.
       activation: Activation function.
       bn_layer: Batch-norm class.
+      mask_logits_gamma_init: Initial mask-logit gamma of the auxiliary heads.
       name: Layer name.
     """
     super().__init__(name=name)
@@ -312,7 +317,7 @@ class KMaXTransformerDecoder(tf_keras.layers.Layer):
         KMaXLayer(num_classes, channels, ffn_channels, num_heads,
                   cross_attention, drop_path_keep_prob, pixel_head_channels,
                   pixel_output_channels, activation, bn_layer,
-                  name=f"kmax_layer_{i}")
+                  mask_logits_gamma_init, name=f"kmax_layer_{i}")
         for i in range(len(self._stage_of_layer))]
     conv = lambda n: convolutions.Conv1DBN(channels, n, bn_layer=bn_layer,  # pylint: disable=g-long-lambda
                                            activation=activation)
