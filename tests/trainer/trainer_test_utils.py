@@ -20,6 +20,8 @@ def tiny_config(data_dir, steps=4, crop=64):
   transformer.num_mask_slots = 8
   transformer.channels = 32
   transformer.ffn_channels = 64
+  del transformer.num_blocks[:]
+  transformer.num_blocks.extend([1, 1, 1])
   model.max_deeplab.instance_discrimination_sample_k = 64
   model.max_deeplab.semantic_sample_k = 64
   for options in (config.train_dataset_options, config.eval_dataset_options):
