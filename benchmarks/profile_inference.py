@@ -46,7 +46,7 @@ def main():
     return model(x, training=False)
 
   def with_post_processing(x):
-    return post_processor(model(x, training=False))
+    return post_processor(model(x, training=False), crop)
 
   prefixes = [("pixel encoder", encoder), ("pixel decoder", pixel_decoder),
               ("transformer decoder + head", full_model),

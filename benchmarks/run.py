@@ -64,7 +64,7 @@ def inference_suite(args, roof):
       0, 255, [1, height, width, 3]).astype(np.float32))
 
   def forward(images):
-    return post_processor(model(images, training=False))
+    return post_processor(model(images, training=False), (height, width))
 
   rows, panoptic = [], {}
   for name, fn in (("tf.function", tf.function(forward)),
