@@ -13,6 +13,7 @@ stride-2 1x1 conv instead of conv + resize.
 from typing import Callable
 from typing import List
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -22,11 +23,61 @@ from deeplab2_kmax.model.layers import convolutions
 
 
 def resize_bilinear_align_corners(images: tf.Tensor, size) -> tf.Tensor:
-  """Bilinear resize with aligned corners; identity for an equal size."""
+  """Bilinear resize with aligned corners; identity for an equal size.
+
+  Under XLA the resize is written as row and column gathers with static
+  weights: XLA's own lowering of ResizeBilinear on CPU is several times
+  slower (figures in `docs/performance.md`).
+  """
   if images.shape[1] == size[0] and images.shape[2] == size[1]:
     return images
+  static = all(isinstance(n, int) for n in (*images.shape[1:3], *size))
+  if static and _in_xla_context():
+    return resize_by_gathers(images, size)
   return tf.raw_ops.ResizeBilinear(
       images=images, size=size, align_corners=True, half_pixel_centers=False)
+
+
+def resize_by_gathers(images: tf.Tensor, size) -> tf.Tensor:
+  """ResizeBilinear(align_corners=True) as gathers and lerps.
+
+  Same arithmetic as TensorFlow's CPU kernel (source position = index x
+  float32 scale; lerp along the width for the upper and lower rows, then
+  along the height), so bit-identical outside XLA.
+  """
+  (top, bottom, y_weight), (left, right, x_weight) = (
+      _taps(images.shape[1], size[0]), _taps(images.shape[2], size[1]))
+  x_weight = tf.cast(x_weight[:, np.newaxis], images.dtype)
+  y_weight = tf.cast(y_weight[:, np.newaxis, np.newaxis], images.dtype)
+
+  def along_width(rows):
+    left_px = tf.gather(rows, left, axis=2)
+    return left_px + (tf.gather(rows, right, axis=2) - left_px) * x_weight
+
+  upper = along_width(tf.gather(images, top, axis=1))
+  lower = along_width(tf.gather(images, bottom, axis=1))
+  return upper + (lower - upper) * y_weight
+
+
+def _taps(in_size: int, out_size: int):
+  """Lower / upper source index and weight of each output index."""
+  scale = np.float32((in_size - 1) / np.float32(out_size - 1) if out_size > 1
+                     else in_size / np.float32(out_size))
+  position = np.arange(out_size, dtype=np.float32) * scale
+  lower = np.floor(position)
+  return (lower.astype(np.int32),
+          np.minimum(lower.astype(np.int32) + 1, in_size - 1),
+          (position - lower).astype(np.float32))
+
+
+def _in_xla_context() -> bool:
+  """True while tracing inside a jit_compile=True function."""
+  try:
+    from tensorflow.python.ops import control_flow_util  # pylint: disable=g-import-not-at-top
+  except ImportError:  # Private module moved: keep the generic kernel.
+    return False
+  return control_flow_util.GraphOrParentsInXlaContext(
+      tf.compat.v1.get_default_graph())
 
 
 class ResizedFuse(tf_keras.layers.Layer):
