@@ -11,7 +11,10 @@ and a SavedModel. Per image:
   4. mask logits are resized (bilinear, aligned corners) to the image; in
      sorted order each confident slot (class threshold for things / stuff)
      pastes its binary mask (probability > pixel threshold) onto the free
-     pixels, unless fewer than `overlapping_threshold` of its pixels are free;
+     pixels, unless fewer than `overlapping_threshold` of its pixels are free
+     (above a pixel threshold of 1/3 these decisions come from the masks'
+     areas and pairwise overlaps in one pass over the image, see
+     `_paste_by_pair_counts`; the maps are the same);
   5. thing segments smaller than `thing_area_limit` and stuff classes smaller
      than `stuff_area_limit` become void.
 Outputs: panoptic = semantic x label_divisor + instance (instance = 1 + rank
@@ -23,12 +26,16 @@ confidence (for AP).
 from typing import Dict
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from deeplab2_kmax import common
 from deeplab2_kmax.model.layers import resized_fuse
 
 PRED_MASK_ID_KEY = "mask_id_pred"
+# Above this pixel threshold no pixel can lie in three masks (3 x 0.34 > 1,
+# with room for softmax rounding).
+_AT_MOST_TWO_MASKS_ABOVE = 0.34
 
 
 class MaskWiseMerging:
@@ -112,28 +119,13 @@ class MaskWiseMerging:
                                                         [height, width])
     probs = tf.nn.softmax(logits, axis=-1)
     pixel_confidence = tf.reduce_max(probs, axis=-1)
-    detected = tf.gather(probs > self._pixel_threshold, order, axis=-1,
-                         batch_dims=1)  # [B, H, W, N] in sorted order.
-    detected = tf.transpose(tf.cast(detected, tf.float32), [3, 0, 1, 2])
-
-    def paste(index, canvas, class_score):
-      mask = detected[index]
-      free = mask * tf.cast(tf.equal(canvas, 0), tf.float32)
-      before = tf.reduce_sum(mask, axis=[1, 2])
-      after = tf.reduce_sum(free, axis=[1, 2])
-      keep = tf.logical_and(confident[:, index], after > before * self._overlap)
-      free *= tf.cast(keep, tf.float32)[:, tf.newaxis, tf.newaxis]
-      canvas += tf.cast(free, tf.int32) * (index + 1)
-      score = confidence[:, index][:, tf.newaxis, tf.newaxis]
-      class_score = (1.0 - free) * class_score + free * score
-      return index + 1, canvas, class_score
-
-    batch = tf.shape(mask_logits)[0]
-    _, canvas, class_score = tf.while_loop(
-        lambda i, *_: i < num_slots, paste,
-        (tf.constant(0), tf.zeros([batch, height, width], tf.int32),
-         tf.zeros([batch, height, width], tf.float32)),
-        maximum_iterations=num_slots)
+    if self._pixel_threshold > _AT_MOST_TWO_MASKS_ABOVE:
+      canvas = self._paste_by_pair_counts(probs, order, confident)
+    else:
+      canvas = self._paste_slot_by_slot(probs, order, confident)
+    class_score = tf.where(
+        canvas > 0,
+        tf.gather(confidence, tf.maximum(canvas - 1, 0), batch_dims=1), 0.0)
 
     assigned = canvas > 0
     slot = tf.maximum(canvas - 1, 0)
@@ -164,6 +156,95 @@ class MaskWiseMerging:
         common.PRED_INSTANCE_SCORES_KEY: tf.where(kept, class_score, 0.0),
         PRED_MASK_ID_KEY: tf.where(kept, canvas, 0),
     }
+
+
+  def _paste_slot_by_slot(self, probs, order, confident):
+    """Canvas [B, H, W]: 1 + sorted rank of the pasted slot, 0 where none.
+
+    The direct form: one pass over the image per slot, in sorted order.
+    """
+    num_slots = probs.shape[-1]
+    detected = tf.gather(probs > self._pixel_threshold, order, axis=-1,
+                         batch_dims=1)  # [B, H, W, N] in sorted order.
+    detected = tf.transpose(tf.cast(detected, tf.float32), [3, 0, 1, 2])
+
+    def paste(index, canvas):
+      mask = detected[index]
+      free = mask * tf.cast(tf.equal(canvas, 0), tf.float32)
+      before = tf.reduce_sum(mask, axis=[1, 2])
+      after = tf.reduce_sum(free, axis=[1, 2])
+      keep = tf.logical_and(confident[:, index], after > before * self._overlap)
+      free *= tf.cast(keep, tf.float32)[:, tf.newaxis, tf.newaxis]
+      return index + 1, canvas + tf.cast(free, tf.int32) * (index + 1)
+
+    shape = tf.shape(probs)
+    _, canvas = tf.while_loop(
+        lambda i, _: i < num_slots, paste,
+        (tf.constant(0), tf.zeros(shape[:3], tf.int32)),
+        maximum_iterations=num_slots)
+    return canvas
+
+  def _paste_by_pair_counts(self, probs, order, confident):
+    """Same canvas as `_paste_slot_by_slot`, from each pixel's (<= 2) masks.
+
+    With a pixel threshold above 1/3 a pixel lies in at most two masks (three
+    probabilities above it would sum past 1). So the pixels of mask r already
+    taken by earlier kept slots are exactly its pixels shared with one of
+    them, and the whole sequential decision needs only the mask areas and the
+    N x N pairwise overlaps: one pass over the image instead of N.
+    """
+    num_slots = probs.shape[-1]
+    batch = tf.shape(probs)[0]
+    # Each pixel's masks {a, b} from the count, sum and sum of squares of the
+    # slot indices above the threshold: one small matmul instead of two
+    # argmax passes. Exact: the sums are integers below 2^24.
+    ids = np.arange(num_slots, dtype=np.float32)
+    moments = tf.einsum(
+        "bhwn,nk->bhwk", tf.cast(probs > self._pixel_threshold, tf.float32),
+        tf.constant(np.stack([np.ones_like(ids), ids, ids**2], 1)))
+    count, total, squares = tf.unstack(moments, axis=-1)
+    gap = tf.sqrt(tf.maximum(2.0 * squares - total**2, 0.0))  # |a - b|.
+    slots = [tf.cast(tf.round(tf.where(count > 1.5, (total + sign * gap) / 2,
+                                       total)), tf.int32)
+             for sign in (-1.0, 1.0)]
+    inside = [count > 0.5, count > 1.5]
+    rank_of_slot = tf.argsort(order, axis=-1, stable=True)  # [B, N]
+    ranks = [tf.gather(rank_of_slot, s, batch_dims=1) for s in slots]
+
+    image = tf.range(batch)[:, tf.newaxis, tf.newaxis]
+    weights = [tf.cast(m, tf.float32) for m in inside]
+    area = tf.math.unsorted_segment_sum(
+        tf.concat([tf.reshape(w, [-1]) for w in weights], 0),
+        tf.concat([tf.reshape(image * num_slots + r, [-1]) for r in ranks], 0),
+        batch * num_slots)
+    area = tf.reshape(area, [batch, num_slots])
+    both = tf.reshape(weights[0] * weights[1], [-1])
+    pair_ids = [image * num_slots**2 + a * num_slots + b
+                for a, b in ((ranks[0], ranks[1]), (ranks[1], ranks[0]))]
+    overlap = tf.math.unsorted_segment_sum(
+        tf.concat([both, both], 0),
+        tf.concat([tf.reshape(i, [-1]) for i in pair_ids], 0),
+        batch * num_slots**2)
+    overlap = tf.reshape(overlap, [batch, num_slots, num_slots])
+
+    def decide(index, kept):
+      taken = tf.reduce_sum(overlap[:, index] * kept, axis=-1)
+      before = area[:, index]
+      keep = tf.logical_and(confident[:, index],
+                            before - taken > before * self._overlap)
+      return index + 1, kept + tf.one_hot(index, num_slots) * tf.cast(
+          keep, tf.float32)[:, tf.newaxis]
+
+    _, kept = tf.while_loop(
+        lambda i, _: i < num_slots, decide,
+        (tf.constant(0), tf.zeros([batch, num_slots])),
+        maximum_iterations=num_slots)
+    kept = kept > 0
+    owner = num_slots  # The earliest kept slot among a pixel's (<= 2) masks.
+    for rank, mask in zip(ranks, inside):
+      candidate = tf.logical_and(mask, tf.gather(kept, rank, batch_dims=1))
+      owner = tf.minimum(owner, tf.where(candidate, rank, num_slots))
+    return tf.where(owner < num_slots, owner + 1, 0)
 
 
 def _area_at_least(ids: tf.Tensor, limit: int, length: int) -> tf.Tensor:

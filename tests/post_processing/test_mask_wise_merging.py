@@ -64,13 +64,16 @@ def _resize(logits, size):
                                    align_corners=True)[0].numpy()
 
 
+# 0.4: pasting from pairwise overlaps (a pixel lies in at most two masks);
+# 0.2: pasting slot by slot.
+@pytest.mark.parametrize("pixel_t", [0.4, 0.2])
 @pytest.mark.parametrize("seed", range(6))
-def test_matches_numpy_reference(seed):
+def test_matches_numpy_reference(seed, pixel_t):
   rng = np.random.default_rng(seed)
   slots = 7
   mask_logits = (rng.standard_normal((9, 11, slots)) * 3).astype(np.float32)
   class_logits = (rng.standard_normal((slots, 5)) * 3).astype(np.float32)
-  settings = dict(pixel_t=0.4, thing_t=0.3, stuff_t=0.35, overlap=0.8,
+  settings = dict(pixel_t=pixel_t, thing_t=0.3, stuff_t=0.35, overlap=0.8,
                   thing_limit=10, stuff_limit=30)
   merging = max_deeplab.MaskWiseMerging(
       THINGS, STUFF, DIVISOR, VOID,
@@ -94,6 +97,30 @@ def test_matches_numpy_reference(seed):
   xla = tf.function(lambda o: merging(o, (33, 41)), jit_compile=True)
   np.testing.assert_array_equal(xla(outputs)[common.PRED_PANOPTIC_KEY].numpy(),
                                 result[common.PRED_PANOPTIC_KEY].numpy())
+
+
+@pytest.mark.parametrize("overlap", [0.5, 0.8, 0.95])
+def test_pair_counts_paste_like_slot_by_slot(overlap):
+  """Many pixels in two masks, batch of 2: both pasting routes agree."""
+  rng = np.random.default_rng(int(overlap * 100))
+  slots = 16
+  logits = rng.standard_normal((2, 37, 29, slots)).astype(np.float32)
+  # Two slots close to each other and far above the rest on every pixel.
+  pair = np.argsort(rng.uniform(size=(2, 37, 29, slots)), axis=-1)[..., :2]
+  np.put_along_axis(logits, pair[..., :1], 8.0, axis=-1)
+  np.put_along_axis(logits, pair[..., 1:],
+                    8.0 + rng.uniform(-0.3, 0.3, (2, 37, 29, 1)), axis=-1)
+  probs = tf.nn.softmax(logits, axis=-1)
+  in_two = (tf.reduce_sum(tf.cast(probs > 0.4, tf.int32), -1) == 2).numpy()
+  assert in_two.mean() > 0.3  # The overlaps are exercised.
+  order = tf.argsort(tf.constant(rng.uniform(size=(2, slots))), axis=-1)
+  confident = tf.constant(rng.uniform(size=(2, slots)) < 0.8)
+  merging = max_deeplab.MaskWiseMerging(THINGS, STUFF, DIVISOR, VOID,
+                                        overlapping_threshold=overlap)
+  direct = merging._paste_slot_by_slot(probs, order, confident)
+  by_pairs = merging._paste_by_pair_counts(probs, order, confident)
+  assert len(np.unique(direct.numpy())) > 3
+  np.testing.assert_array_equal(by_pairs.numpy(), direct.numpy())
 
 
 def _two_slot_outputs(first_mask, second_mask, confidences):
