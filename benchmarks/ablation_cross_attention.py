@@ -29,6 +29,8 @@ def _run_one(output_dir: str, attention: str, seed: int, steps, data_dir):
     with open(result_file) as f:
       return json.load(f)
   os.makedirs(run_dir, exist_ok=True)
+  # A run interrupted after a checkpoint resumes; its time is not comparable.
+  resumed = os.path.exists(os.path.join(run_dir, "model", "checkpoint"))
   code = (
       "import json, sys\n"
       "from absl import flags\n"
@@ -38,7 +40,8 @@ def _run_one(output_dir: str, attention: str, seed: int, steps, data_dir):
       f"random_seed={seed}, training_steps={steps!r}, skip_export=True, "
       f"data_dir={data_dir!r})\n"
       f"json.dump({{'metrics': {{k: float(v) for k, v in r['metrics'].items()}}, "
-      f"'seconds': r['seconds']}}, open({result_file!r}, 'w'))\n")
+      f"'seconds': r['seconds'], 'resumed': {resumed!r}}}, "
+      f"open({result_file!r}, 'w'))\n")
   start = time.time()
   subprocess.run([sys.executable, "-c", code], check=True)
   print(f"{attention} seed {seed}: {time.time() - start:.0f} s", flush=True)
@@ -87,12 +90,20 @@ def main():
     runs = [results[(attention, s)] for s in seeds]
     cells = [_mean_std([r["metrics"].get(m, float("nan")) for r in runs])
              for m in _METRICS]
-    minutes = statistics.mean(r["seconds"] for r in runs) / 60
+    fresh = [r["seconds"] for r in runs if not r.get("resumed")]
+    minutes = f"{statistics.mean(fresh) / 60:.1f}" if fresh else "—"
     lines.append(f"| {attention} (mean ± std, {len(seeds)} seeds) | "
-                 + " | ".join(cells) + f" | {minutes:.1f} |")
-  lines += ["", "Every run:", "", "| cross-attention | seed | PQ |", "|---|---|---|"]
+                 + " | ".join(cells) + f" | {minutes} |")
+  lines += ["", "Every run (min/run counts runs trained in one go, not those "
+            "resumed from a checkpoint):", "",
+            "| cross-attention | seed | PQ | PQ_Th | PQ_St | min |",
+            "|---|---|---|---|---|---|"]
   for (attention, seed), r in sorted(results.items()):
-    lines.append(f"| {attention} | {seed} | {100 * r['metrics']['PQ']:.1f} |")
+    m = r["metrics"]
+    minutes = "resumed" if r.get("resumed") else f"{r['seconds'] / 60:.1f}"
+    lines.append(f"| {attention} | {seed} | {100 * m['PQ']:.1f} | "
+                 f"{100 * m['PQ_Th']:.1f} | {100 * m['PQ_St']:.1f} | "
+                 f"{minutes} |")
   text = "\n".join(lines) + "\n"
   print(text)
   with open(args.doc, "w") as f:
