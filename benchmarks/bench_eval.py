@@ -48,7 +48,8 @@ def _write(folder, name, maps):
                     .astype(np.uint8)).save(
                         os.path.join(folder, name, f"{i}.png"))
     segments = [{"id": int(s), "category_id": int(s // DIVISOR), "iscrowd": 0,
-                 "area": 0} for s in np.unique(ids) if s]
+                 "area": int(n)}  # pq_compute reads the area from the JSON.
+                for s, n in zip(*np.unique(ids, return_counts=True)) if s]
     annotations.append({"image_id": i, "file_name": f"{i}.png",
                         "segments_info": segments})
   categories = [{"id": c, "name": str(c), "isthing": int(c in THINGS)}
