@@ -157,7 +157,6 @@ class MaskWiseMerging:
         PRED_MASK_ID_KEY: tf.where(kept, canvas, 0),
     }
 
-
   def _paste_slot_by_slot(self, probs, order, confident):
     """Canvas [B, H, W]: 1 + sorted rank of the pasted slot, 0 where none.
 

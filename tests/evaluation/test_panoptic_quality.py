@@ -177,3 +177,16 @@ def test_coco_writer_round_trip_through_panopticapi(tmp_path):
   assert abs(metric.result()["PQ"] - reference["All"]["pq"]) <= 1e-6
   with pytest.raises(FileExistsError, match="already exist"):
     writers.CocoPanopticWriter(str(tmp_path / "out"), DIVISOR, 0, categories)
+
+
+@pytest.mark.parametrize("high", [40_000, 1 << 30])  # Bincount; sort fallback.
+def test_dense_unique_equals_numpy_unique(high):
+  rng = np.random.default_rng(high % 97)
+  values = rng.choice(np.concatenate([[-1, 0], rng.integers(1, high, 30)]),
+                      size=5000).astype(np.int64)
+  ids, inverse, counts = panoptic_quality._unique(values)  # pylint: disable=protected-access
+  want_ids, want_inverse, want_counts = np.unique(
+      values, return_inverse=True, return_counts=True)
+  np.testing.assert_array_equal(ids, want_ids)
+  np.testing.assert_array_equal(inverse, want_inverse)
+  np.testing.assert_array_equal(counts, want_counts)
