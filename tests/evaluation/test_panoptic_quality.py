@@ -1,182 +1,262 @@
-"""PQ / SQ / RQ against COCO panopticapi's pq_compute on generated data."""
+"""PQ / SQ / RQ equal panopticapi's pq_compute exactly, on generated data.
+
+Both evaluators (streaming `PanopticQuality` and offline `evaluate_panoptic`)
+are compared with `==` against the unmodified `pq_compute`: crowd regions
+(several per image and class), void, exact 0.5 IoU / ignore shares, classes
+with only FP or only FN, absent categories, and the COCO-file quirks
+(random ids, several crowd segments of one category, JSON areas, unlisted
+ids, unknown categories, shuffled orders). `panoptic_cases` generates them.
+"""
 
 import json
 import os
+import tempfile
 
 import numpy as np
+import panoptic_cases as cases
 from PIL import Image
 import pytest
 
+from deeplab2_kmax.evaluation import evaluate_panoptic
 from deeplab2_kmax.evaluation import panoptic_quality
 
-pq_compute = pytest.importorskip("panopticapi.evaluation").pq_compute
+pytest.importorskip("panopticapi.evaluation")
 
-DIVISOR = 256
-THINGS = (3, 4, 5)
-NUM_CLASSES = 7  # 0 = void, 1-2 stuff, 3-5 things, 6 stuff.
+DIVISOR = cases.DIVISOR
 
 
-def _random_panoptic(rng, size, crowd=True):
-  """A panoptic map with stuff, things (some crowd: instance 0), void."""
-  height, width = size
-  semantic = rng.choice([1, 2, 6], size=(1, 1)).repeat(height, 0).repeat(width, 1)
-  ids = semantic * DIVISOR
-  for _ in range(rng.integers(1, 5)):  # Stuff blobs.
-    y, x = rng.integers(0, height - 4), rng.integers(0, width - 4)
-    ids[y:y + rng.integers(3, 20), x:x + rng.integers(3, 20)] = (
-        rng.choice([1, 2, 6]) * DIVISOR)
-  for instance in range(1, rng.integers(2, 8)):
-    y, x = rng.integers(0, height - 2), rng.integers(0, width - 2)
-    h, w = rng.integers(1, 16), rng.integers(1, 16)  # Includes tiny ones.
-    inst = 0 if (crowd and rng.random() < 0.15) else instance
-    ids[y:y + h, x:x + w] = rng.choice(THINGS) * DIVISOR + inst
-  void = rng.random((height, width)) < 0.03
-  ids[void] = 0
-  return ids
+def _pairs(rng, count, boundary_share=0.3):
+  """(gt, pred) maps: random scenes and rows on the 0.5 thresholds."""
+  pairs, exact = [], 0
+  for _ in range(count):
+    if rng.random() < boundary_share:
+      gt, pred, hits = cases.boundary_scene(rng, int(rng.integers(8, 30)))
+      exact += hits
+    else:
+      gt = cases.scene(rng, int(rng.integers(12, 30)), int(rng.integers(16, 40)))
+      pred = cases.prediction(rng, gt)
+    pairs.append((gt, pred))
+  return pairs, exact
 
 
-def _perturb(rng, gt):
-  """A prediction: shifted / merged / dropped / spurious segments."""
-  pred = np.roll(gt, rng.integers(-2, 3), axis=rng.integers(0, 2)).copy()
-  ids = np.unique(pred)
-  for seg in ids:
-    r = rng.random()
-    if r < 0.15:
-      pred[pred == seg] = 0  # Dropped (-> FN).
-    elif r < 0.25 and seg % DIVISOR:
-      pred[pred == seg] = (seg // DIVISOR) * DIVISOR + 50  # Merge / relabel.
-  y, x = rng.integers(0, gt.shape[0] - 8), rng.integers(0, gt.shape[1] - 8)
-  pred[y:y + 6, x:x + 6] = rng.choice(THINGS) * DIVISOR + 99  # Spurious.
-  # Predictions never use instance 0 for things.
-  thing = np.isin(pred // DIVISOR, THINGS) & (pred % DIVISOR == 0)
-  pred[thing] += 77
-  return pred
+def _write_maps(folder, pairs, gt_crowd_ids=()):
+  """COCO files whose ids are the panoptic ids; returns pq_compute's args."""
+  category_list = cases.categories()
+  gt_json = cases.write_coco(folder, "gt", [g for g, _ in pairs], [
+      cases.segments_info(g, gt_crowd_ids) for g, _ in pairs], category_list)
+  pred_json = cases.write_coco(folder, "pred", [p for _, p in pairs], [
+      cases.segments_info(p) for _, p in pairs], category_list)
+  return (gt_json, pred_json, os.path.join(folder, "gt"),
+          os.path.join(folder, "pred"))
 
 
-def _write_coco(folder, name, images, crowd_aware):
-  os.makedirs(os.path.join(folder, name), exist_ok=True)
-  annotations = []
-  for i, ids in enumerate(images):
-    # COCO segment ids must be > 0; keep the panoptic id, void -> 0.
-    Image.fromarray(np.stack([ids % 256, ids // 256 % 256, ids // 65536],
-                             -1).astype(np.uint8)).save(
-                                 os.path.join(folder, name, f"{i}.png"))
-    segments = []
-    for seg in np.unique(ids):
-      if seg == 0:
-        continue
-      cls = int(seg // DIVISOR)
-      crowd = int(crowd_aware and cls in THINGS and seg % DIVISOR == 0)
-      segments.append({"id": int(seg), "category_id": cls, "iscrowd": crowd,
-                       "area": int((ids == seg).sum())})
-    annotations.append({"image_id": i, "file_name": f"{i}.png",
-                        "segments_info": segments})
-  categories = [{"id": c, "name": str(c), "isthing": int(c in THINGS)}
-                for c in range(1, NUM_CLASSES)]
-  data = {"images": [{"id": i, "file_name": f"{i}.png"}
-                     for i in range(len(images))],
-          "annotations": annotations, "categories": categories}
-  path = os.path.join(folder, name + ".json")
-  with open(path, "w") as f:
-    json.dump(data, f)
-  return path
+def _streaming(pairs, num_chunks, gt_crowd_ids=None):
+  metric = panoptic_quality.PanopticQuality(
+      cases.NUM_CLASSES, 0, DIVISOR, cases.THINGS, num_chunks=num_chunks)
+  for gt, pred in pairs:
+    metric.update(gt, pred, gt_crowd_ids=gt_crowd_ids)
+  return metric
 
 
-def test_matches_panopticapi(tmp_path):
-  rng = np.random.default_rng(0)
-  gts, preds = [], []
-  for _ in range(12):
-    gt = _random_panoptic(rng, (48, 64))
-    gts.append(gt)
-    preds.append(_perturb(rng, gt))
-  gt_json = _write_coco(str(tmp_path), "gt", gts, crowd_aware=True)
-  pred_json = _write_coco(str(tmp_path), "pred", preds, crowd_aware=False)
-  reference = pq_compute(gt_json, pred_json, str(tmp_path / "gt"),
-                         str(tmp_path / "pred"))
+def _offline(files, num_chunks):
+  gt_json, pred_json, gt_folder, pred_folder = files
+  result = evaluate_panoptic.evaluate(gt_json, gt_folder, pred_json,
+                                      pred_folder, progress=False,
+                                      num_chunks=num_chunks)
+  return result["summary"], result["per_class"]
 
-  metric = panoptic_quality.PanopticQuality(NUM_CLASSES, 0, DIVISOR, THINGS)
-  for gt, pred in zip(gts, preds):
-    metric.update(gt, pred)
-  ours = metric.result()
-  for ours_name, ref_name in (("", "All"), ("_Th", "Things"),
-                              ("_St", "Stuff")):
-    for metric_name in ("pq", "sq", "rq"):
-      assert abs(ours[metric_name.upper() + ours_name] -
-                 reference[ref_name][metric_name]) <= 1e-6, (
-                     metric_name, ref_name)
-    assert ours["num_classes" + ours_name] == reference[ref_name]["n"]
-  for c, values in metric.per_class().items():
-    for metric_name in ("pq", "sq", "rq"):
-      assert abs(values[metric_name] -
-                 reference["per_class"][c][metric_name]) <= 1e-6
+
+@pytest.mark.parametrize("seed, num_chunks", [(0, 1), (1, 2), (2, 3), (3, 7)])
+def test_streaming_and_offline_equal_pq_compute(seed, num_chunks, tmp_path,
+                                                monkeypatch):
+  rng = np.random.default_rng(seed)
+  pairs, exact = _pairs(rng, 24)
+  assert exact >= 5  # Rows with IoU or ignore share exactly 0.5.
+  files = _write_maps(str(tmp_path), pairs)
+  reference = cases.pq_compute(monkeypatch, *files, num_chunks=num_chunks)
+
+  metric = _streaming(pairs, num_chunks)
+  cases.assert_identical(metric.result(), metric.per_class(), reference)
+  cases.assert_identical(*_offline(files, num_chunks), reference)
+  # The data reach every rule: crowd, FP-only / FN-only, absent classes.
+  assert any(((g % DIVISOR == 0) & np.isin(g // DIVISOR, cases.THINGS)).any()
+             for g, _ in pairs)
+  per_class = metric.per_class()
+  only_fp, only_fn = per_class[cases.FP_ONLY], per_class[cases.FN_ONLY]
+  assert only_fp["fp"] > 0 and only_fp["tp"] == only_fp["fn"] == 0
+  assert only_fn["fn"] > 0 and only_fn["tp"] == only_fn["fp"] == 0
+  assert not set(cases.ABSENT) & set(per_class)
+
+
+@pytest.mark.parametrize("quirks", [(q,) for q in cases.QUIRKS] + [
+    cases.QUIRKS])
+def test_offline_equals_pq_compute_on_coco_quirks(quirks, tmp_path,
+                                                  monkeypatch):
+  rng = np.random.default_rng(len(quirks) * 10 + len(quirks[0]))
+  pairs, _ = _pairs(rng, 20)
+  coco = [cases.coco_variants(rng, gt, pred, quirks) for gt, pred in pairs]
+  order = rng.permutation(np.arange(1, cases.NUM_CLASSES)).tolist()
+  folder = str(tmp_path)
+  gt_json = cases.write_coco(folder, "gt", [c[0] for c in coco],
+                             [c[1] for c in coco], cases.categories(order))
+  pred_json = cases.write_coco(folder, "pred", [c[2] for c in coco],
+                               [c[3] for c in coco], cases.categories(order))
+  files = (gt_json, pred_json, os.path.join(folder, "gt"),
+           os.path.join(folder, "pred"))
+  for num_chunks in (1, 4):
+    reference = cases.pq_compute(monkeypatch, *files, num_chunks=num_chunks)
+    cases.assert_identical(*_offline(files, num_chunks), reference)
+
+
+def test_addition_order_is_panopticapis(tmp_path, monkeypatch):
+  """Worker split changes pq_compute's last digits; ours follow each."""
+  rng = np.random.default_rng(11)
+  pairs, _ = _pairs(rng, 30, boundary_share=0.0)
+  files = _write_maps(str(tmp_path), pairs)
+  seen = set()
+  for num_chunks in (1, 2, 3, 5, 8):
+    reference = cases.pq_compute(monkeypatch, *files, num_chunks=num_chunks)
+    metric = _streaming(pairs, num_chunks)
+    cases.assert_identical(metric.result(), metric.per_class(), reference)
+    seen.add(tuple(v["sq"] for _, v in sorted(reference["per_class"].items())))
+  assert len(seen) > 1  # Else this test could not tell the orders apart.
+
+
+def test_several_crowd_ids_per_class_last_listed_counts(tmp_path,
+                                                        monkeypatch):
+  """Extra crowd ids: panopticapi keeps the last crowd segment per category
+  (here the largest id), not the union of the category's crowd pixels."""
+  rng = np.random.default_rng(5)
+  pairs, _ = _pairs(rng, 16, boundary_share=0.0)
+  crowd_ids = [c * DIVISOR + k for c in cases.GT_THINGS for k in (1, 3)]
+  for gt, pred in pairs:  # Predictions mostly on the extra crowd regions.
+    for seg in crowd_ids:
+      ys, xs = np.nonzero(gt == seg)
+      if len(ys):
+        pred[ys.min():ys.max() + 2, xs.min():xs.max() + 2] = seg + 180
+  files = _write_maps(str(tmp_path), pairs, gt_crowd_ids=crowd_ids)
+  reference = cases.pq_compute(monkeypatch, *files, num_chunks=2)
+  metric = _streaming(pairs, 2, gt_crowd_ids=crowd_ids)
+  cases.assert_identical(metric.result(), metric.per_class(), reference)
+
+
+def test_worker_pool_pq_compute_and_default_split(tmp_path):
+  """The real pq_compute (worker processes, one per CPU) vs our defaults."""
+  from panopticapi.evaluation import pq_compute  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(3)
+  pairs, _ = _pairs(rng, 12)
+  files = _write_maps(str(tmp_path), pairs)
+  reference = pq_compute(*files)
+  metric = _streaming(pairs, None)
+  cases.assert_identical(metric.result(), metric.per_class(), reference)
+  cases.assert_identical(*_offline(files, None), reference)
 
 
 def test_perfect_prediction_scores_one():
-  rng = np.random.default_rng(1)
-  gt = _random_panoptic(rng, (32, 32), crowd=False)
-  metric = panoptic_quality.PanopticQuality(NUM_CLASSES, 0, DIVISOR, THINGS)
+  gt = cases.scene(np.random.default_rng(1), 32, 32)
+  metric = panoptic_quality.PanopticQuality(cases.NUM_CLASSES, 0, DIVISOR,
+                                            cases.THINGS)
   metric.update(gt, gt)
-  assert metric.result()["PQ"] == pytest.approx(1.0)
-
-
-def test_size_mismatch_is_an_error():
-  metric = panoptic_quality.PanopticQuality(NUM_CLASSES, 0, DIVISOR, THINGS)
-  with pytest.raises(ValueError, match="differ in size"):
-    metric.update(np.zeros((4, 4)), np.zeros((4, 5)))
+  assert metric.result()["PQ"] == 1.0
 
 
 def test_empty_prediction_counts_every_segment_as_missed():
-  rng = np.random.default_rng(2)
-  gt = _random_panoptic(rng, (32, 32), crowd=False)
-  metric = panoptic_quality.PanopticQuality(NUM_CLASSES, 0, DIVISOR, THINGS)
+  gt = cases.scene(np.random.default_rng(2), 32, 32)
+  metric = panoptic_quality.PanopticQuality(cases.NUM_CLASSES, 0, DIVISOR,
+                                            cases.THINGS)
   metric.update(gt, np.zeros_like(gt))
   assert metric.result()["PQ"] == 0.0
-  assert metric.fn.sum() == len(np.unique(gt[gt > 0]))
+  crowd = (gt % DIVISOR == 0) & np.isin(gt // DIVISOR, cases.THINGS)
+  assert metric.fn.sum() == len(np.unique(gt[(gt > 0) & ~crowd]))
+  metric.reset()
+  assert metric.fn.sum() == 0 and metric.result()["num_classes"] == 0
 
 
-def test_offline_cli_matches_panopticapi(tmp_path):
-  from deeplab2_kmax.evaluation import evaluate_panoptic  # pylint: disable=g-import-not-at-top
+def test_bad_streaming_input_is_an_error():
+  metric = panoptic_quality.PanopticQuality(cases.NUM_CLASSES, 0, DIVISOR,
+                                            cases.THINGS)
+  with pytest.raises(ValueError, match="differ in size"):
+    metric.update(np.zeros((4, 4)), np.zeros((4, 5)))
+  with pytest.raises(ValueError, match=r"classes \[12\]"):
+    metric.update(np.ones((2, 2)) * DIVISOR, np.full((2, 2), 12 * DIVISOR))
 
-  rng = np.random.default_rng(3)
-  gts = [_random_panoptic(rng, (40, 56)) for _ in range(6)]
-  preds = [_perturb(rng, gt) for gt in gts]
-  gt_json = _write_coco(str(tmp_path), "gt", gts, crowd_aware=True)
-  pred_json = _write_coco(str(tmp_path), "pred", preds, crowd_aware=False)
-  reference = pq_compute(gt_json, pred_json, str(tmp_path / "gt"),
-                         str(tmp_path / "pred"))
-  ours = evaluate_panoptic.evaluate(gt_json, str(tmp_path / "gt"), pred_json,
-                                    str(tmp_path / "pred"), progress=False)
-  for name, suffix in (("All", ""), ("Things", "_Th"), ("Stuff", "_St")):
-    for metric in ("pq", "sq", "rq"):
-      assert abs(ours["summary"][metric.upper() + suffix] -
-                 reference[name][metric]) <= 1e-6
+
+def _tiny_files(folder, gt_segments, pred_segments, pred_rgb=None):
+  ids = np.array([[5, 5], [7, 0]])
+  gt_json = cases.write_coco(folder, "gt", [ids], [gt_segments],
+                             cases.categories())
+  pred_json = cases.write_coco(folder, "pred", [ids], [pred_segments],
+                               cases.categories())
+  if pred_rgb is not None:
+    Image.fromarray(pred_rgb).save(os.path.join(folder, "pred", "0.png"))
+  return gt_json, os.path.join(folder, "gt"), pred_json, os.path.join(
+      folder, "pred")
+
+
+@pytest.mark.parametrize("gt_segments, pred_segments, pred_rgb, message", [
+    ([], [{"id": 5, "category_id": 1}], None, r"\[7\] are in the PNG"),
+    ([], [{"id": 5, "category_id": 1}, {"id": 7, "category_id": 1},
+          {"id": 9, "category_id": 1}], None, r"\[9\] of segments_info"),
+    ([], [{"id": 5, "category_id": 1}, {"id": 7, "category_id": 33}], None,
+     r"unknown category_id \[33\]"),
+    ([{"id": 5, "category_id": 1, "iscrowd": 0}], [], None, "'area'"),
+    ([{"id": 5, "category_id": 1, "area": 2}], [], None, "numeric 'iscrowd'"),
+    ([], [{"id": 5}], None, "'category_id'"),
+    ([], [], np.zeros((2, 2), np.uint8), "expected an RGB PNG"),
+])
+def test_bad_coco_input_names_file_and_field(gt_segments, pred_segments,
+                                             pred_rgb, message):
+  with tempfile.TemporaryDirectory() as folder:
+    files = _tiny_files(folder, gt_segments, pred_segments, pred_rgb)
+    with pytest.raises(evaluate_panoptic.EvaluationError, match=message):
+      evaluate_panoptic.evaluate(*files, progress=False)
   with pytest.raises(evaluate_panoptic.EvaluationError, match="missing.json"):
-    evaluate_panoptic.evaluate(str(tmp_path / "missing.json"), "", pred_json,
-                               "", progress=False)
+    evaluate_panoptic.evaluate("missing.json", "", "missing.json", "",
+                               progress=False)
 
 
-def test_coco_writer_round_trip_through_panopticapi(tmp_path):
+def test_missing_prediction_or_file_name_is_named(tmp_path):
+  gt_json, gt_folder, pred_json, pred_folder = _tiny_files(
+      str(tmp_path), [], [{"id": 5, "category_id": 1},
+                          {"id": 7, "category_id": 2}])
+  with open(pred_json) as f:
+    pred = json.load(f)
+  pred["annotations"][0]["image_id"] = 3
+  with open(pred_json, "w") as f:
+    json.dump(pred, f)
+  with pytest.raises(evaluate_panoptic.EvaluationError,
+                     match="no prediction for image 0"):
+    evaluate_panoptic.evaluate(gt_json, gt_folder, pred_json, pred_folder,
+                               progress=False)
+  del pred["annotations"][0]["file_name"]
+  pred["annotations"][0]["image_id"] = 0
+  with open(pred_json, "w") as f:
+    json.dump(pred, f)
+  with pytest.raises(evaluate_panoptic.EvaluationError,
+                     match="pred.json: an annotation has no 'file_name'"):
+    evaluate_panoptic.evaluate(gt_json, gt_folder, pred_json, pred_folder,
+                               progress=False)
+
+
+def test_coco_writer_round_trip_through_panopticapi(tmp_path, monkeypatch):
   from deeplab2_kmax.evaluation import writers  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(4)
-  gts = [_random_panoptic(rng, (36, 44), crowd=False) for _ in range(5)]
-  preds = [_perturb(rng, gt) for gt in gts]
-  gt_json = _write_coco(str(tmp_path), "gt", gts, crowd_aware=True)
-  categories = [{"id": c, "name": str(c), "isthing": int(c in THINGS)}
-                for c in range(1, NUM_CLASSES)]
+  pairs, _ = _pairs(rng, 6)
+  files = _write_maps(str(tmp_path), pairs)
   writer = writers.CocoPanopticWriter(str(tmp_path / "out"), DIVISOR, 0,
-                                      categories)
-  for i, pred in enumerate(preds):
+                                      cases.categories())
+  for i, (_, pred) in enumerate(pairs):
     writer.add(i, pred)
   pred_json = writer.close()
-  reference = pq_compute(gt_json, pred_json, str(tmp_path / "gt"),
-                         str(tmp_path / "out" / "predictions"))
-  metric = panoptic_quality.PanopticQuality(NUM_CLASSES, 0, DIVISOR, THINGS)
-  for gt, pred in zip(gts, preds):
-    metric.update(gt, pred)
-  assert abs(metric.result()["PQ"] - reference["All"]["pq"]) <= 1e-6
+  reference = cases.pq_compute(monkeypatch, files[0], pred_json, files[2],
+                               str(tmp_path / "out" / "predictions"), 2)
+  metric = _streaming(pairs, 2)
+  cases.assert_identical(metric.result(), metric.per_class(), reference)
   with pytest.raises(FileExistsError, match="already exist"):
-    writers.CocoPanopticWriter(str(tmp_path / "out"), DIVISOR, 0, categories)
+    writers.CocoPanopticWriter(str(tmp_path / "out"), DIVISOR, 0,
+                               cases.categories())
 
 
 @pytest.mark.parametrize("high", [40_000, 1 << 30])  # Bincount; sort fallback.
