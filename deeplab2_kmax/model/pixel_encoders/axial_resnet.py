@@ -26,6 +26,7 @@ from deeplab2_kmax.model.layers import blocks
 from deeplab2_kmax.model.layers import checkpoint_keys
 from deeplab2_kmax.model.layers import drop_path
 from deeplab2_kmax.model.layers import stems
+from deeplab2_kmax.model.pixel_encoders import staged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +47,7 @@ VARIANTS = {
 _DROP_PATH_BEYOND_STRIDE = 16
 
 
-class AxialResNet(tf_keras.layers.Layer):
+class AxialResNet(staged.StagedEncoder):
   """A (axial-)ResNet returning its stage endpoints at os2 .. os32."""
 
   def __init__(self,
@@ -96,15 +97,9 @@ class AxialResNet(tf_keras.layers.Layer):
       self._stages.append(stage)
       self.endpoint_channels[f"stage{index + 2}"] = stage.output_channels
 
-  def call(self, inputs, training=False):
-    x = self._stem(inputs, training=training)
-    endpoints = {"stage1": x}
-    for index, stage in enumerate(self._stages):
-      x = stage(x, training=training)
-      endpoints[f"stage{index + 2}"] = x
-    for level in range(1, 6):
-      endpoints[f"res{level}"] = self._activation_fn(endpoints[f"stage{level}"])
-    return endpoints
+  def call_stage(self, name: str, inputs, training=False):
+    layers = dict(zip(self.stage_names, [self._stem] + self._stages))
+    return layers[name](inputs, training=training)
 
   def deeplab2_variable_map(self) -> checkpoint_keys.VariableMap:
     return checkpoint_keys.merge(

@@ -24,6 +24,7 @@ import tf_keras
 from deeplab2_kmax.model.layers import activations
 from deeplab2_kmax.model.layers import checkpoint_keys
 from deeplab2_kmax.model.layers import drop_path
+from deeplab2_kmax.model.pixel_encoders import staged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +149,7 @@ class _Downsample(tf_keras.layers.Layer):
     }
 
 
-class ConvNeXt(tf_keras.layers.Layer):
+class ConvNeXt(staged.StagedEncoder):
   """ConvNeXt backbone returning endpoints at os4 .. os32."""
 
   def __init__(self,
@@ -182,20 +183,15 @@ class ConvNeXt(tf_keras.layers.Layer):
       self.endpoint_channels[f"stage{index + 2}"] = width
     self._activation_fn = activations.get("gelu")
 
-  def call(self, inputs, training=False):
-    endpoints = {}
-    x = inputs
-    for index, (downsample, stage) in enumerate(
-        zip(self._downsamples, self._stages)):
-      x = downsample(x)
-      if index == 0:
-        endpoints["stage1"] = x
-      for block in stage:
-        x = block(x, training=training)
-      endpoints[f"stage{index + 2}"] = x
-    for level in range(1, 6):
-      endpoints[f"res{level}"] = self._activation_fn(endpoints[f"stage{level}"])
-    return endpoints
+  def call_stage(self, name: str, inputs, training=False):
+    # "stage1" is the stem; "stage2" has no downsampling (the stem did it).
+    index = self.stage_names.index(name)
+    if index == 0:
+      return self._downsamples[0](inputs)
+    x = self._downsamples[index - 1](inputs) if index > 1 else inputs
+    for block in self._stages[index - 1]:
+      x = block(x, training=training)
+    return x
 
   def deeplab2_variable_map(self) -> checkpoint_keys.VariableMap:
     """Keys follow DeepLab2's object graph (lists of Keras Sequentials).

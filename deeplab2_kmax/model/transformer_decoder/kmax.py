@@ -328,6 +328,10 @@ class KMaXTransformerDecoder(tf_keras.layers.Layer):
   def num_layers(self) -> int:
     return len(self.kmax_layers)
 
+  def layer_feature_key(self, index: int) -> str:
+    """The pixel-decoder output that kMaX layer `index` reads."""
+    return self.FEATURE_KEYS[self._stage_of_layer[index]]
+
   def build(self, input_shape):
     self.cluster_centers = self.add_weight(
         name="cluster_centers", shape=(1, self._num_mask_slots, self._channels),
@@ -350,8 +354,8 @@ class KMaXTransformerDecoder(tf_keras.layers.Layer):
     batch_size = tf.shape(features[self.FEATURE_KEYS[0]])[0]
     centers = self._initial_centers(batch_size, training)
     auxiliary: List[Dict[str, tf.Tensor]] = []
-    for layer, stage in zip(self.kmax_layers, self._stage_of_layer):
-      centers, aux = layer(features[self.FEATURE_KEYS[stage]], centers,
+    for index, layer in enumerate(self.kmax_layers):
+      centers, aux = layer(features[self.layer_feature_key(index)], centers,
                            training=training)
       auxiliary.append(aux)
     return {
