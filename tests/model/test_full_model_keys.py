@@ -1,10 +1,14 @@
-"""Whole-model DeepLab2 key maps and parameter counts (SPEC §2.5, §9).
+"""Whole-model DeepLab2 key maps and parameter counts (SPEC §2.5, §9),
+and the parity fixture's key list and batch-norm statistics.
 
 Variable shapes do not depend on the crop (the relative positional tables
 keep 509 rows), so the models are built at small crops here; the key lists
 were recorded at the official crops.
 """
 
+import functools
+
+import numpy as np
 import parity_utils  # tests/model is on sys.path (rootdir conftest).
 import pytest
 
@@ -27,17 +31,17 @@ CASES = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def _model(config_file, crop):
+  """Built once per (config, crop): the fixture's is usually a case's."""
   path = parity_utils.REPO_ROOT / config_file
   config = config_loader.load_config(str(path), {}, validate_config=False)
   return builders.build_model(config, crop_size=crop)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_key_map_is_a_bijection_with_equal_shapes(case):
-  tsv, config_file, crop, total, without_aux = CASES[case]
-  model = _model(config_file, crop)
-  keys = parity_utils.read_key_list(tsv)
+def _assert_key_map_is_a_bijection(model, keys):
+  """Our variable map and the DeepLab2 key list: same keys, same shapes,
+  every model variable reached exactly once."""
   theirs = {k[:-len(parity_utils.SUFFIX)]: shape for k, shape in keys.items()
             if k.endswith(parity_utils.SUFFIX) and
             not k.startswith("save_counter")}
@@ -47,9 +51,32 @@ def test_key_map_is_a_bijection_with_equal_shapes(case):
   mismatched = {k: (tuple(v.shape), theirs[k]) for k, v in ours.items()
                 if tuple(v.shape) != tuple(theirs[k])}
   assert not mismatched
-  # Every model variable is reachable from a DeepLab2 key exactly once.
   assert len({id(v) for v in ours.values()}) == len(model.variables)
 
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_key_map_is_a_bijection_with_equal_shapes(case):
+  tsv, config_file, crop, total, without_aux = CASES[case]
+  model = _model(config_file, crop)
+  _assert_key_map_is_a_bijection(model, parity_utils.read_key_list(tsv))
   parts = model.parameter_groups()
   assert sum(parts.values()) == total
   assert sum(parts.values()) - parts["semantic_branch"] == without_aux
+
+
+def test_parity_fixture_keys_and_statistics():
+  """The sidecar named by KMAX_PARITY_FIXTURE: its config's model maps onto
+  its key list, and its npz holds one `bn/<key>` array of the listed shape
+  for every batch-norm moving statistic, and nothing else under `bn/`."""
+  path = parity_utils.sidecar_path()
+  sidecar = parity_utils.read_sidecar(path)
+  keys = parity_utils.read_key_list(sidecar["checkpoint_keys"], path.parent)
+  _assert_key_map_is_a_bijection(_model(sidecar["config_file"], (129, 129)),
+                                 keys)
+  reference = np.load(path.parent / sidecar["npz"])
+  statistics = {k[len("bn/"):]: reference[k].shape for k in reference.files
+                if k.startswith("bn/")}
+  expected = {k: shape for k, shape in keys.items()
+              if k[:-len(parity_utils.SUFFIX)].endswith(
+                  ("/moving_mean", "/moving_variance"))}
+  assert statistics == expected

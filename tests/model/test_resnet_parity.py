@@ -1,4 +1,14 @@
-"""Parity of the ResNet-50 encoder with DeepLab2 (reference/PARITY.md)."""
+"""The ResNet-50 encoder end to end against DeepLab2
+(reference/PARITY_STAGEWISE.md, the R50 COCO fixture).
+
+test_stagewise_parity.py feeds each encoder stage DeepLab2's own input; here
+the whole encoder runs on the image alone, with only its weights loaded
+(through the `encoder/` keys), so the rounding differences of successive
+stages accumulate (to 4.7e-4 x (1 + |ref|) at stage5, beyond the stage-wise
+tolerance, which holds for one stage). The chain is still well conditioned:
+every endpoint must be within 1e-3 of its largest magnitude (measured: at
+most 5.7e-5, at stage5), where a structural error gives order 1e-1.
+"""
 
 import numpy as np
 import parity_utils  # tests/model is on sys.path (rootdir conftest).
@@ -7,9 +17,10 @@ import tensorflow as tf
 
 from deeplab2_kmax.model import pixel_encoders
 
-pytestmark = pytest.mark.skipif(
-    parity_utils.skip_reason() is not None,
-    reason=str(parity_utils.skip_reason()))
+SIDECAR = parity_utils.DEFAULT_SIDECAR
+
+pytestmark = pytest.mark.skipif(not SIDECAR.exists(),
+                                reason=f"R50 parity sidecar not found: {SIDECAR}")
 
 
 @pytest.fixture
@@ -21,12 +32,13 @@ def full_float32_matmuls():
   tf.config.experimental.enable_tensor_float_32_execution(enabled)
 
 
-def test_resnet50_stage5_matches_deeplab2_fixture(full_float32_matmuls):
+def test_resnet50_endpoints_match_deeplab2(full_float32_matmuls):
   del full_float32_matmuls
-  sidecar = parity_utils.read_sidecar()
-  reference = np.load(parity_utils.reference_dir() / sidecar["npz"])
-  keys = parity_utils.read_key_list(sidecar["checkpoint_keys"])
-  image = parity_utils.fixture_image(sidecar["image_seed"])
+  sidecar = parity_utils.read_sidecar(SIDECAR)
+  reference = np.load(SIDECAR.parent / sidecar["npz"])
+  keys = parity_utils.read_key_list(sidecar["checkpoint_keys"], SIDECAR.parent)
+  image = parity_utils.fixture_image(sidecar["image_seed"],
+                                     sidecar["crop_size"])
   np.testing.assert_array_equal(image, reference["image"])
 
   encoder = pixel_encoders.build_pixel_encoder(
@@ -35,9 +47,11 @@ def test_resnet50_stage5_matches_deeplab2_fixture(full_float32_matmuls):
   encoder(inputs, training=False)
   parity_utils.load_component(encoder.deeplab2_variable_map(), "encoder",
                               keys, reference)
-  stage5 = encoder(inputs, training=False)["stage5"].numpy()
+  endpoints = encoder(inputs, training=False)
 
-  expected = reference["stage5"]
-  assert stage5.shape == expected.shape
-  scale = np.abs(expected).max()
-  assert np.abs(stage5 - expected).max() <= 1e-3 * scale
+  for name in encoder.stage_names:
+    expected = reference[f"encoder/{name}"]
+    actual = endpoints[name].numpy()
+    assert actual.shape == expected.shape, name
+    scale = np.abs(expected).max()
+    assert np.abs(actual - expected).max() <= 1e-3 * scale, name
