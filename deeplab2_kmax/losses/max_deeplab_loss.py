@@ -12,11 +12,18 @@ already multiplied by its weight):
   * PQ-style mask dice term: 1 - dice of each matched mask, weighted by the
     matched class probability, summed over masks, times alpha / N;
   * mask-id cross-entropy: each pixel's softmax over slots against its gt
-    mask's slot;
+    mask's slot; a pixel whose mask found no slot (more masks than slots)
+    targets one of DeepLab2's padding slots, whose logit is -99999, so it
+    costs 99999 + logsumexp(its slot logits);
   * instance discrimination: pixel features against mask-average features
     (unsampled, things only) or pixel-to-pixel contrast over k pixels drawn by
     Gumbel top-k with probability ∝ inverse mask area ^ temperature;
-  * semantic cross-entropy (all pixels, or k pixels drawn the same way).
+  * semantic cross-entropy (all pixels, or k pixels drawn the same way),
+    each pixel weighted by the input pipeline's semantic loss weights (small
+    instances up-weighted).
+The per-pixel terms (mask-id, instance discrimination, semantic) average the
+hardest `top_k_percent` of their weighted pixel losses, counting non-zero
+ones only (DeepLab2's hard-pixel mining; 1.0 keeps every pixel).
 Class logits order classes as thing ids then stuff ids, void last.
 """
 
@@ -25,6 +32,7 @@ from typing import List
 from typing import Optional
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from deeplab2_kmax import common
@@ -71,6 +79,20 @@ def _mean_of_nonzero(x: tf.Tensor) -> tf.Tensor:
   return tf.math.divide_no_nan(tf.reduce_sum(x, axis=1), count)
 
 
+def top_k_count(top_k_percent: float, num_elements: int) -> int:
+  """Elements kept by hard-pixel mining: round-half-even(p * n) in float32."""
+  return int(np.round(np.float32(top_k_percent) * np.float32(num_elements)))
+
+
+def _hardest_mean(x: tf.Tensor, top_k_percent: float) -> tf.Tensor:
+  """`_mean_of_nonzero` of each image's `top_k_percent` largest entries."""
+  x = tf.reshape(x, [tf.shape(x)[0], -1])
+  if top_k_percent != 1.0:
+    x = tf.math.top_k(x, top_k_count(top_k_percent, x.shape[1]),
+                      sorted=False).values
+  return _mean_of_nonzero(x)
+
+
 def _gumbel_top_k(logits: tf.Tensor, k: int, seed=None) -> tf.Tensor:
   if seed is None:
     uniform = tf.random.uniform(tf.shape(logits), 0, 1)
@@ -78,6 +100,22 @@ def _gumbel_top_k(logits: tf.Tensor, k: int, seed=None) -> tf.Tensor:
     uniform = tf.random.stateless_uniform(tf.shape(logits), seed, 0, 1)
   gumbel = -tf.math.log(-tf.math.log(uniform))
   return tf.math.top_k(logits + gumbel, k).indices
+
+
+def _mask_id_cross_entropy(logits: tf.Tensor, pixel_slot_target: tf.Tensor,
+                           valid_pixel: tf.Tensor) -> tf.Tensor:
+  """[B, P] cross-entropy of each pixel's slot softmax against its gt slot.
+
+  With more gt masks than slots, DeepLab2 pads the slots with constant logits
+  of -99999 and matches the masks left over to them; the softmax is taken
+  over every slot, padding included (whose weight underflows to 0). A pixel
+  of such a mask therefore costs 99999 + logsumexp(its real slot logits).
+  """
+  log_probs = tf.nn.log_softmax(logits, axis=-1)
+  pixel_ce = -tf.reduce_sum(pixel_slot_target * log_probs, axis=-1)
+  unmatched = valid_pixel - tf.reduce_sum(pixel_slot_target, axis=-1)
+  padded_slot_ce = tf.reduce_logsumexp(logits, axis=-1) - _MASKED_LOGIT
+  return pixel_ce + unmatched * padded_slot_ce
 
 
 class MaXDeepLabLoss:
@@ -97,6 +135,9 @@ class MaXDeepLabLoss:
                instance_discrimination_temperature: float = 0.3,
                semantic_sample_k: int = 4096,
                semantic_sample_temperature: float = 2.0,
+               semantic_top_k_percent: float = 1.0,
+               mask_id_cross_entropy_top_k_percent: float = 1.0,
+               instance_discrimination_top_k_percent: float = 1.0,
                matching_implementation: str = "auto",
                seed: Optional[tf.Tensor] = None):
     """Initialises the loss.
@@ -116,6 +157,12 @@ class MaXDeepLabLoss:
       instance_discrimination_temperature: Feature-similarity temperature.
       semantic_sample_k: Sampled pixels for the semantic loss (0: all).
       semantic_sample_temperature: Inverse-area exponent for that sampling.
+      semantic_top_k_percent: Fraction of the hardest (weighted) pixels the
+        semantic loss averages (after sampling, if any).
+      mask_id_cross_entropy_top_k_percent: The same for the mask-id
+        cross-entropy.
+      instance_discrimination_top_k_percent: The same for instance
+        discrimination (over the sampled pixels when sampling).
       matching_implementation: "auto", "scipy" or "tensorflow".
       seed: Optional [2] int seed making the sampling deterministic.
     """
@@ -136,6 +183,14 @@ class MaXDeepLabLoss:
     self._id_temperature = instance_discrimination_temperature
     self._semantic_k = semantic_sample_k
     self._semantic_temperature = semantic_sample_temperature
+    self._top_k = {SEMANTIC: semantic_top_k_percent,
+                   MASK_ID_CE: mask_id_cross_entropy_top_k_percent,
+                   INSTANCE_DISCRIMINATION:
+                       instance_discrimination_top_k_percent}
+    for name, value in self._top_k.items():
+      if not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} top_k_percent must be in (0, 1], got "
+                         f"{value}.")
     self._matching = matching_implementation
     self._seed = seed
 
@@ -255,13 +310,9 @@ class MaXDeepLabLoss:
               tf.reduce_sum(gt["masks"], axis=1) + 1.0)
       terms[PQ_DICE] = tf.reduce_sum(mask_dice * dice_weight, axis=-1) * (
           self._alpha / num_slots)
-      log_probs = tf.nn.log_softmax(logits, axis=-1)
-      pixel_ce = -tf.reduce_sum(pixel_slot_target * log_probs, axis=-1)
-      # A pixel whose mask found no slot (more masks than slots) counts as
-      # DeepLab2's padded slot, i.e. probability ~0.
-      unmatched = valid_pixel - tf.reduce_sum(pixel_slot_target, axis=-1)
-      pixel_ce += unmatched * (-_MASKED_LOGIT)
-      terms[MASK_ID_CE] = _mean_of_nonzero(pixel_ce * gt["non_void"])
+      terms[MASK_ID_CE] = _hardest_mean(
+          _mask_id_cross_entropy(logits, pixel_slot_target, valid_pixel) *
+          gt["non_void"], self._top_k[MASK_ID_CE])
       terms[INSTANCE_DISCRIMINATION] = self._instance_discrimination(
           flat(out[common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE_KEY]), gt, index)
       for name, value in terms.items():
@@ -283,7 +334,8 @@ class MaXDeepLabLoss:
       valid = tf.cast(gt["valid"], tf.float32)[:, tf.newaxis, :]
       logits = valid * logits + (1.0 - valid) * _MASKED_LOGIT
       ce = tf.nn.softmax_cross_entropy_with_logits(gt["masks"], logits)
-      return _mean_of_nonzero(ce * gt["thing"])
+      return _hardest_mean(ce * gt["thing"],
+                           self._top_k[INSTANCE_DISCRIMINATION])
     k = min(self._id_k, feature.shape[1])
     sample_logits = (tf.math.log(gt["inverse_area"]) *
                      self._id_sample_temperature +
@@ -294,8 +346,9 @@ class MaXDeepLabLoss:
     target /= tf.maximum(tf.reduce_sum(target, axis=-1, keepdims=True), 1.0)
     sampled = tf.gather(feature, indices, batch_dims=1)
     logits = tf.einsum("bkd,bjd->bkj", sampled, sampled) / self._id_temperature
-    return _mean_of_nonzero(
-        tf.nn.softmax_cross_entropy_with_logits(target, logits))
+    return _hardest_mean(
+        tf.nn.softmax_cross_entropy_with_logits(target, logits),
+        self._top_k[INSTANCE_DISCRIMINATION])
 
   def _semantic_loss(self, logits, y_true, gt, height, width):
     sem_h, sem_w = logits.shape[1], logits.shape[2]
@@ -319,7 +372,7 @@ class MaXDeepLabLoss:
     keep = tf.cast(tf.not_equal(labels, self._ignore_label), tf.float32)
     one_hot = tf.one_hot(labels, logits.shape[-1])
     ce = tf.nn.softmax_cross_entropy_with_logits(one_hot, logits)
-    return _mean_of_nonzero(ce * weights * keep)
+    return _hardest_mean(ce * weights * keep, self._top_k[SEMANTIC])
 
 
 def term_names(num_auxiliary_outputs: int, with_semantic: bool) -> List[str]:
