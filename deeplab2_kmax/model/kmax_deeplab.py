@@ -61,6 +61,8 @@ class KMaXDeepLab(tf_keras.Model):
                atrous_rates: Sequence[int] = (6, 12, 18),
                semantic_num_classes: Optional[int] = None,
                use_sync_batch_norm: bool = True,
+               batch_norm_momentum: float = 0.99,
+               batch_norm_epsilon: float = 1e-3,
                name: str = "kmax_deeplab"):
     """Builds the model; every argument is a plain value (no protos).
 
@@ -99,21 +101,25 @@ class KMaXDeepLab(tf_keras.Model):
         e.g. 134 on COCO whose void 0 is a channel, 19 on Cityscapes);
         defaults to num_classes.
       use_sync_batch_norm: Synchronised batch norm under a strategy.
+      batch_norm_momentum: Moving-average momentum of every batch norm.
+      batch_norm_epsilon: Variance epsilon of every batch norm.
       name: Model name.
     """
     super().__init__(name=name)
-    bn_layer = convolutions.batch_norm_class(use_sync_batch_norm)
+    # Every batch norm of the model, lazily built ones included, comes from
+    # this one factory.
+    bn_layer = convolutions.batch_norm_class(
+        use_sync_batch_norm, momentum=batch_norm_momentum,
+        epsilon=batch_norm_epsilon)
     self._num_classes = num_classes
     self.encoder = encoder_builder.build_pixel_encoder(
         backbone, drop_path_keep_prob=backbone_drop_path_keep_prob,
         width_multiplier=backbone_width_multiplier,
-        blocks_per_stage=backbone_blocks_per_stage,
-        use_sync_batch_norm=use_sync_batch_norm)
+        blocks_per_stage=backbone_blocks_per_stage, bn_layer=bn_layer)
     self.pixel_decoder = kmax_pixel_decoder.KMaXPixelDecoder(
         high_resolution_output_stride=high_resolution_output_stride,
         num_blocks=pixel_decoder_num_blocks,
-        width_multiplier=pixel_decoder_width_multiplier,
-        use_sync_batch_norm=use_sync_batch_norm)
+        width_multiplier=pixel_decoder_width_multiplier, bn_layer=bn_layer)
     self.transformer_decoder = kmax_transformer.KMaXTransformerDecoder(
         num_classes, num_mask_slots, transformer_num_blocks,
         transformer_channels, transformer_ffn_channels, transformer_num_heads,

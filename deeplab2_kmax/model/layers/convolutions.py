@@ -8,12 +8,13 @@ checkpoints:
   top-left and the rest on the bottom-right, then convolve with 'valid'
   padding. Stride-1 convolutions use 'same' padding.
 * Kernels are He-normal initialised; batch norm has momentum 0.99 and epsilon
-  1e-3 (the Keras defaults).
+  1e-3 by default (the Keras defaults; `batch_norm_class` sets others).
 
 The kernel and batch-norm variables live in sub-layers named ``conv`` (or
 ``depthwise_conv``) and ``batch_norm``.
 """
 
+import functools
 from typing import Callable
 from typing import Optional
 
@@ -23,15 +24,17 @@ import tf_keras
 from deeplab2_kmax.model.layers import activations
 
 
-def batch_norm_class(use_sync_batch_norm: bool = True):
-  """Returns the batch-norm layer class.
+def batch_norm_class(use_sync_batch_norm: bool = True,
+                     momentum: float = 0.99,
+                     epsilon: float = 1e-3) -> Callable[..., tf_keras.layers.Layer]:
+  """Returns the batch-norm layer factory (the class with these options).
 
   Synchronised batch norm averages statistics over all replicas of a
   distribution strategy (SPEC §6) and equals plain batch norm on one replica.
   """
-  if use_sync_batch_norm:
-    return tf_keras.layers.experimental.SyncBatchNormalization
-  return tf_keras.layers.BatchNormalization
+  layer = (tf_keras.layers.experimental.SyncBatchNormalization
+           if use_sync_batch_norm else tf_keras.layers.BatchNormalization)
+  return functools.partial(layer, momentum=momentum, epsilon=epsilon)
 
 
 def _symmetric_padding(kernel_size: int, atrous_rate: int):

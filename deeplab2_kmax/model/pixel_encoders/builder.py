@@ -7,6 +7,7 @@ stem, then os4, 8, 16, 32) and their activated copies "res1" .. "res5". It has
 an `endpoint_channels` dict and a `deeplab2_variable_map()` method.
 """
 
+from typing import Callable
 from typing import Optional
 from typing import Sequence
 
@@ -27,6 +28,7 @@ def build_pixel_encoder(
     width_multiplier: float = 1.0,
     blocks_per_stage: Optional[Sequence[int]] = None,
     use_sync_batch_norm: bool = True,
+    bn_layer: Optional[Callable[..., tf_keras.layers.Layer]] = None,
     layer_name: str = "encoder") -> tf_keras.layers.Layer:
   """Returns the pixel encoder `name` (one of ENCODER_NAMES).
 
@@ -39,6 +41,7 @@ def build_pixel_encoder(
     blocks_per_stage: Overrides the four per-stage depths.
     use_sync_batch_norm: Synchronised batch norm across replicas (ResNets;
       ConvNeXt has layer norm only).
+    bn_layer: Overrides the batch-norm factory (e.g. other momentum).
     layer_name: The Keras name of the returned layer.
   """
   if not 0.0 < drop_path_keep_prob <= 1.0:
@@ -52,7 +55,8 @@ def build_pixel_encoder(
         drop_path_keep_prob=drop_path_keep_prob,
         width_multiplier=width_multiplier,
         blocks_per_stage=blocks_per_stage,
-        bn_layer=convolutions.batch_norm_class(use_sync_batch_norm),
+        bn_layer=bn_layer or convolutions.batch_norm_class(
+            use_sync_batch_norm),
         name=layer_name)
   if name in convnext.VARIANTS:
     return convnext.ConvNeXt(
