@@ -1,20 +1,36 @@
 """Optimisation (SPEC §6): AdamW, linear warm-up then poly decay, backbone LR.
 
-Uses the Model Garden's `LinearWarmup` schedule over Keras' polynomial
-decay. The backbone learning-rate multiplier is realised with a second
-AdamW whose schedule is scaled (Adam is invariant to gradient scaling, so
-scaling gradients would not work). Weight decay (decoupled, AdamW) skips
-normalisation parameters and biases.
+As DeepLab2's trainer:
+* the learning rate rises linearly to the full base rate,
+  `step / warmup_steps * base_learning_rate` for step < warmup_steps, then
+  follows the polynomial decay of the global step (not of step - warm-up);
+* the backbone learning-rate multiplier is realised with a second AdamW whose
+  schedule is scaled (Adam is invariant to gradient scaling, so scaling
+  gradients would not work); its weight decay scales with it;
+* decoupled weight decay (times the current learning rate) applies only to
+  variables named like convolution / dense kernels, i.e. matching
+  `DECAYED_VARIABLE_PATTERN`: kernels, depthwise and axial-attention qkv
+  kernels. Batch / layer norms, biases, cluster centres, relative position
+  embeddings and ConvNeXt layer scales are not decayed.
 """
 
+import re
 from typing import List
 from typing import Tuple
 
-from official.modeling.optimization import lr_schedule
 import tensorflow as tf
 import tf_keras
 
-_NO_DECAY = ["gamma", "beta", "bias"]
+# DeepLab2's `include_in_weight_decay` pattern (everything else excluded).
+DECAYED_VARIABLE_PATTERN = r".*(kernel|weight):0$"
+# Its complement, in the form tf_keras' `exclude_from_weight_decay` takes
+# (a pattern searched in the variable name).
+_NOT_DECAYED = r"^(?!" + DECAYED_VARIABLE_PATTERN + ")"
+
+
+def is_weight_decayed(variable_name: str) -> bool:
+  """Whether AdamW decays the variable called `variable_name`."""
+  return re.search(DECAYED_VARIABLE_PATTERN, variable_name) is not None
 
 
 class _Scaled(tf_keras.optimizers.schedules.LearningRateSchedule):
@@ -31,21 +47,37 @@ class _Scaled(tf_keras.optimizers.schedules.LearningRateSchedule):
     return {"factor": self._factor}
 
 
+class _LinearWarmup(tf_keras.optimizers.schedules.LearningRateSchedule):
+  """`step / warmup_steps * peak` before `warmup_steps`, then `decay(step)`."""
+
+  def __init__(self, decay, peak: float, warmup_steps: int):
+    self._decay = decay
+    self._peak = peak
+    self._warmup_steps = warmup_steps
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.float32)
+    warmup_steps = tf.cast(self._warmup_steps, tf.float32)
+    return tf.where(step < warmup_steps, self._peak * step / warmup_steps,
+                    self._decay(step))
+
+  def get_config(self):
+    return {"peak": self._peak, "warmup_steps": self._warmup_steps}
+
+
 def learning_rate_schedule(solver):
-  """Linear warm-up from 0, then polynomial decay to the end value."""
+  """Linear warm-up from 0 to the base rate, then polynomial decay."""
   if solver.learning_policy != "poly":
     raise ValueError(f"learning_policy {solver.learning_policy!r} is not "
                      "supported (use 'poly').")
   decay = tf_keras.optimizers.schedules.PolynomialDecay(
       initial_learning_rate=solver.base_learning_rate,
-      # LinearWarmup hands the global step (not step - warmup) to the decay.
       decay_steps=max(solver.training_number_of_steps, 1),
       end_learning_rate=solver.poly_end_learning_rate,
       power=solver.poly_learning_power)
   if solver.warmup_steps <= 0:
     return decay
-  return lr_schedule.LinearWarmup(decay, warmup_steps=solver.warmup_steps,
-                                  warmup_learning_rate=0.0)
+  return _LinearWarmup(decay, solver.base_learning_rate, solver.warmup_steps)
 
 
 def _adamw(schedule, solver):
@@ -56,7 +88,7 @@ def _adamw(schedule, solver):
       learning_rate=schedule, weight_decay=solver.adamw_weight_decay,
       beta_1=solver.adamw_beta_1, beta_2=solver.adamw_beta_2,
       epsilon=solver.adamw_epsilon)
-  optimizer.exclude_from_weight_decay(var_names=_NO_DECAY)
+  optimizer.exclude_from_weight_decay(var_names=[_NOT_DECAYED])
   return optimizer
 
 

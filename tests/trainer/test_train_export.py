@@ -131,9 +131,9 @@ def test_learning_rate_warms_up_then_decays_to_zero_at_the_last_step():
   schedule = optimization.learning_rate_schedule(solver)
   rate = lambda step: float(schedule(step))  # pylint: disable=g-long-lambda
   assert rate(0) == 0.0
-  # Linear from 0 to the decayed value at the end of warm-up (Model Garden).
-  assert rate(5) == pytest.approx(0.5 * 1e-3 * (1 - 10 / 100) ** 0.9,
-                                  rel=1e-5)
+  # Linear from 0 to the full base rate at the end of warm-up (DeepLab2).
+  assert rate(5) == pytest.approx(0.5 * 1e-3, rel=1e-5)
+  assert rate(9) == pytest.approx(0.9 * 1e-3, rel=1e-5)
   for step in (10, 50, 99):  # Poly decay (power 0.9) over the whole run.
     assert rate(step) == pytest.approx(1e-3 * (1 - step / 100) ** 0.9,
                                        rel=1e-5)
