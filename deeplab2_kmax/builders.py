@@ -85,6 +85,8 @@ def model_kwargs(config) -> Dict[str, object]:
       semantic_decoder_channels=model.decoder.decoder_channels,
       atrous_rates=tuple(model.decoder.atrous_rates) or (6, 12, 18),
       use_sync_batch_norm=solver.use_sync_batchnorm,
+      batch_norm_momentum=solver.batchnorm_momentum,
+      batch_norm_epsilon=solver.batchnorm_epsilon,
   )
   return kwargs
 
@@ -105,8 +107,9 @@ def build_model(config, crop_size=None) -> kmax_deeplab.KMaXDeepLab:
   return model
 
 
-def build_loss(config, seed: Optional[tf.Tensor] = None
-               ) -> max_deeplab_loss.MaXDeepLabLoss:
+def loss_kwargs(config, seed: Optional[tf.Tensor] = None
+                ) -> Dict[str, object]:
+  """The `MaXDeepLabLoss` constructor arguments for `config`."""
   info = dataset_info(config)
   loss_options = config.trainer_options.loss_options
   kmax = config.model_options.max_deeplab
@@ -115,10 +118,13 @@ def build_loss(config, seed: Optional[tf.Tensor] = None
     return (getattr(loss_options, name).weight
             if loss_options.HasField(name) else 0.0)
 
+  def top_k(name):
+    return getattr(loss_options, name).top_k_percent
+
   matching = loss_options.matching_implementation
   if matching == "auto" and config.trainer_options.jit_compile:
     matching = "tensorflow"  # The host matcher cannot run inside XLA.
-  return max_deeplab_loss.MaXDeepLabLoss(
+  return dict(
       num_classes=info.num_classes,
       ignore_label=info.ignore_label,
       thing_class_ids=info.thing_class_ids,
@@ -132,16 +138,26 @@ def build_loss(config, seed: Optional[tf.Tensor] = None
           kmax.instance_discrimination_sample_temperature),
       semantic_sample_k=kmax.semantic_sample_k,
       semantic_sample_temperature=kmax.semantic_sample_temperature,
+      semantic_top_k_percent=top_k("semantic_loss"),
+      mask_id_cross_entropy_top_k_percent=top_k("mask_id_cross_entropy_loss"),
+      instance_discrimination_top_k_percent=top_k(
+          "instance_discrimination_loss"),
       matching_implementation=matching,
       seed=seed)
 
 
-def build_post_processor(config) -> post_processing.MaskWiseMerging:
+def build_loss(config, seed: Optional[tf.Tensor] = None
+               ) -> max_deeplab_loss.MaXDeepLabLoss:
+  return max_deeplab_loss.MaXDeepLabLoss(**loss_kwargs(config, seed))
+
+
+def post_processor_kwargs(config) -> Dict[str, object]:
+  """The `MaskWiseMerging` constructor arguments for `config`."""
   info = dataset_info(config)
   evaluator = config.evaluator_options
   maskwise = evaluator.maskwise_postprocessing
   things, stuff = class_ids(info)
-  return post_processing.MaskWiseMerging(
+  return dict(
       thing_class_ids=things, stuff_class_ids=stuff,
       label_divisor=info.panoptic_label_divisor,
       void_label=info.ignore_label,
@@ -157,18 +173,23 @@ def build_post_processor(config) -> post_processing.MaskWiseMerging:
       stuff_area_limit=evaluator.stuff_area_limit)
 
 
-def build_dataset(config, training: bool, seed: Optional[int] = None,
-                  batch_size: Optional[int] = None) -> tf.data.Dataset:
-  """The training (augmented, repeated) or evaluation dataset."""
+def build_post_processor(config) -> post_processing.MaskWiseMerging:
+  return post_processing.MaskWiseMerging(**post_processor_kwargs(config))
+
+
+def dataset_kwargs(config, training: bool) -> Dict[str, object]:
+  """`input_pipeline.build_dataset` arguments, files and seed aside.
+
+  Evaluation never augments: scale 1, no colour policy, no copy-paste.
+  """
   options = (config.train_dataset_options if training
              else config.eval_dataset_options)
-  info = dataset_registry.get(options.dataset)
   augment = options.augmentations
-  copy_paste = augment.HasField("panoptic_copy_paste")
+  copy_paste = augment.panoptic_copy_paste
   size = lambda values: tuple(values) if len(values) else None  # pylint: disable=g-long-lambda
-  return input_pipeline.build_dataset(
-      info, list(options.file_pattern),
-      batch_size=batch_size or options.batch_size,
+  small = options.increase_small_instance_weights
+  return dict(
+      batch_size=options.batch_size,
       crop_size=tuple(options.crop_size),
       is_training=training,
       min_resize_value=size(options.min_resize_value),
@@ -180,19 +201,25 @@ def build_dataset(config, training: bool, seed: Optional[int] = None,
       autoaugment_policy=(augment.autoaugment_policy_name or None)
       if training else None,
       random_flip=augment.random_horizontal_flip,
-      copy_paste=copy_paste and training,
-      copy_paste_scale=augment.panoptic_copy_paste.panoptic_copy_paste_scale,
-      copy_paste_thing_option=(
-          augment.panoptic_copy_paste.panoptic_copy_paste_thing_option),
-      copy_paste_stuff_option=(
-          augment.panoptic_copy_paste.panoptic_copy_paste_stuff_option),
-      copy_paste_void_option=(
-          augment.panoptic_copy_paste.panoptic_copy_paste_void_option),
+      copy_paste=augment.HasField("panoptic_copy_paste") and training,
+      copy_paste_scale=copy_paste.panoptic_copy_paste_scale,
+      copy_paste_thing_option=copy_paste.panoptic_copy_paste_thing_option,
+      copy_paste_stuff_option=copy_paste.panoptic_copy_paste_stuff_option,
+      copy_paste_void_option=copy_paste.panoptic_copy_paste_void_option,
       max_thing_id=options.max_thing_id,
-      small_instance_area=(options.small_instance_threshold
-                           if options.increase_small_instance_weights else 0),
-      small_instance_weight=(options.small_instance_weight
-                             if options.increase_small_instance_weights
-                             else 1.0),
-      seed=seed,
+      small_instance_area=options.small_instance_threshold if small else 0,
+      small_instance_weight=options.small_instance_weight if small else 1.0,
       shuffle_buffer=options.shuffle_buffer_size)
+
+
+def build_dataset(config, training: bool, seed: Optional[int] = None,
+                  batch_size: Optional[int] = None) -> tf.data.Dataset:
+  """The training (augmented, repeated) or evaluation dataset."""
+  options = (config.train_dataset_options if training
+             else config.eval_dataset_options)
+  kwargs = dataset_kwargs(config, training)
+  if batch_size:
+    kwargs["batch_size"] = batch_size
+  return input_pipeline.build_dataset(
+      dataset_registry.get(options.dataset), list(options.file_pattern),
+      seed=seed, **kwargs)

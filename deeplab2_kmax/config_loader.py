@@ -30,8 +30,9 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 BACKBONES = ("resnet50", "axial_resnet50", "convnext_tiny", "convnext_small",
              "convnext_base", "convnext_large")
 CROSS_ATTENTIONS = ("kmeans", "softmax")
-OPTIMIZERS = ("adamw", "adam", "sgd")
-LEARNING_POLICIES = ("poly", "cosine")
+# What the trainer implements (trainer/optimization.py).
+OPTIMIZERS = ("adamw",)
+LEARNING_POLICIES = ("poly",)
 MIXED_PRECISION = ("float32", "mixed_bfloat16", "mixed_float16")
 MATCHING = ("auto", "scipy", "tensorflow")
 METRICS = ("panoptic_quality", "coco_ap", "mean_iou")
@@ -156,7 +157,29 @@ def _check_dataset(c: _Checker, options, prefix: str, required: bool):
       field = f"panoptic_copy_paste_{name}_option"
       c.one_of(getattr(cp, field), COPY_PASTE_OPTIONS, f"{cp_prefix}.{field}")
   c.positive(options.max_thing_id, f"{prefix}.max_thing_id")
+  for name in ("decode_groundtruth_label", "thing_id_mask_annotations"):
+    c.require(getattr(options, name), f"{prefix}.{name}",
+              "false is not supported (kMaX needs the panoptic ground truth "
+              "with thing-id masks)")
   return info
+
+
+def _check_losses(c: _Checker, loss_options):
+  for name in ("semantic_loss", "pq_style_loss", "mask_id_cross_entropy_loss",
+               "instance_discrimination_loss"):
+    loss = getattr(loss_options, name)
+    field = f"trainer_options.loss_options.{name}"
+    c.require(loss.weight >= 0, f"{field}.weight", f"{loss.weight} must be >= 0")
+    c.require(0.0 < loss.top_k_percent <= 1.0, f"{field}.top_k_percent",
+              f"{loss.top_k_percent} is not in (0, 1]")
+  # DeepLab2's PQ-style loss has no hard-pixel mining (and ignores the field).
+  c.require(loss_options.pq_style_loss.top_k_percent == 1.0,
+            "trainer_options.loss_options.pq_style_loss.top_k_percent",
+            f"{loss_options.pq_style_loss.top_k_percent} is not supported "
+            "(only 1.0)")
+  c.one_of(loss_options.semantic_loss.name or "softmax_cross_entropy",
+           ("softmax_cross_entropy",),
+           "trainer_options.loss_options.semantic_loss.name")
 
 
 def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
@@ -181,8 +204,12 @@ def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
   c.require(0.0 < model.backbone.drop_path_keep_prob <= 1.0,
             "model_options.backbone.drop_path_keep_prob",
             f"{model.backbone.drop_path_keep_prob} is not in (0, 1]")
-  c.one_of(model.backbone.drop_path_schedule, ("constant", "linear"),
-           "model_options.backbone.drop_path_schedule")
+  # DeepLab2's kMaX encoder builder ignores this field (each encoder fixes
+  # its own per-stage / per-block schedule); only its default is accepted.
+  c.require(model.backbone.drop_path_schedule == "constant",
+            "model_options.backbone.drop_path_schedule",
+            f"{model.backbone.drop_path_schedule!r} is not supported: kMaX "
+            "encoders fix their own schedule (leave it 'constant')")
   c.positive(model.backbone.backbone_width_multiplier,
              "model_options.backbone.backbone_width_multiplier")
   for n in model.backbone.blocks_per_stage:
@@ -268,15 +295,11 @@ def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
            "trainer_options.mixed_precision")
   c.one_of(trainer.loss_options.matching_implementation, MATCHING,
            "trainer_options.loss_options.matching_implementation")
-  for name in ("semantic_loss", "pq_style_loss", "mask_id_cross_entropy_loss",
-               "instance_discrimination_loss"):
-    loss = getattr(trainer.loss_options, name)
-    c.require(loss.weight >= 0, f"trainer_options.loss_options.{name}.weight",
-              f"{loss.weight} must be >= 0")
-    c.unit_interval(loss.top_k_percent,
-                    f"trainer_options.loss_options.{name}.top_k_percent")
+  _check_losses(c, trainer.loss_options)
 
   evaluator = config.evaluator_options
+  c.require(evaluator.use_tf_function, "evaluator_options.use_tf_function",
+            "false is not supported (evaluation always runs in tf.function)")
   c.one_of(evaluator.transformer_post_processing, ("maskwise",),
            "evaluator_options.transformer_post_processing")
   c.unit_interval(evaluator.pixel_confidence_threshold,
