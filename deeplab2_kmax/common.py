@@ -22,13 +22,19 @@ PRED_AUXILIARY_OUTPUTS = "auxiliary_outputs"
 PRED_PANOPTIC_KEY = "panoptic_pred"
 PRED_SEMANTIC_KEY = "semantic_pred"
 PRED_INSTANCE_KEY = "instance_pred"
+# [B, H, W] class confidence of the slot pasted at the pixel (0 if none).
 PRED_INSTANCE_SCORES_KEY = "instance_scores"
+# [B, H, W] max over slots of the mask probability.
 PRED_SEMANTIC_PROBS_KEY = "semantic_probs"
+# Every pixel takes the class of its argmax slot (no thresholds, no void):
+# DeepLab2's semantic prediction for mIoU.
+PRED_DENSE_SEMANTIC_KEY = "dense_semantic_pred"
 
 # Ground truth produced by the input pipeline.
 IMAGE = "image"
 IMAGE_NAME = "image_name"
-GT_SIZE_RAW = "gt_size_raw"
+GT_SIZE_RAW = "gt_size_raw"  # [2] original (height, width) (eval only).
+RESIZED_SIZE = "resized_size"  # [2] (height, width) before padding (eval).
 GT_PANOPTIC_RAW = "panoptic_raw"  # Unaugmented panoptic map (eval only).
 GT_SEMANTIC_KEY = "semantic_gt"  # [B, H, W] int32 semantic class.
 GT_PANOPTIC_KEY = "panoptic_gt"  # [B, H, W] int32 class * divisor + instance.

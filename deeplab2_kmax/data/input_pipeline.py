@@ -4,8 +4,11 @@ SPEC §5. Training samples go through `preprocessing.augment` (resize, random
 scale, colour augmentation, crop/pad, flip), optionally panoptic copy-paste
 with another sample of the stream, then `preprocessing.panoptic_targets`.
 Evaluation samples are only resized/padded to the crop and also carry the
-unaugmented panoptic map (`GT_PANOPTIC_RAW`, padded per batch with the void
-id) and its size (`GT_SIZE_RAW`). Keys are those of `deeplab2_kmax.common`.
+unaugmented panoptic map at the original size (`GT_PANOPTIC_RAW`, padded per
+batch with the void id), the original size (`GT_SIZE_RAW`) and the size after
+resizing, before padding (`RESIZED_SIZE`): what the evaluator needs to map
+predictions back to the original image. Keys are those of
+`deeplab2_kmax.common`.
 
 Every random draw is stateless, seeded by `(seed, sample index)`, so a run
 with a seed is reproducible regardless of parallelism.
@@ -186,20 +189,12 @@ def build_dataset(
     sample[common.IMAGE] = image
     return sample
 
-  def eval_sample(record):
-    example = tfrecord.decode_example(record)
-    image, label = preprocessing.eval_resize_and_pad(
-        tf.cast(example["image"], tf.float32), example["label"][..., None],
-        crop_size=crop_size, label_pad_value=void_id,
-        min_resize_value=min_resize_value, max_resize_value=max_resize_value,
-        resize_factor=resize_factor)
-    sample = preprocessing.panoptic_targets(label[..., 0], **targets_kwargs)
-    sample[common.IMAGE] = image
-    sample[common.IMAGE_NAME] = example["name"]
-    sample[common.GT_PANOPTIC_RAW] = example["label"]
-    sample[common.GT_SIZE_RAW] = tf.stack([example["height"],
-                                           example["width"]])
-    return sample
+  eval_kwargs = dict(
+      void_id=void_id, targets_kwargs=targets_kwargs,
+      resize_kwargs=dict(crop_size=crop_size,
+                         min_resize_value=min_resize_value,
+                         max_resize_value=max_resize_value,
+                         resize_factor=resize_factor))
 
   ds = _records(files, shuffle, repeat, seed, shuffle_buffer)
   if is_training:
@@ -213,11 +208,30 @@ def build_dataset(
                               deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   else:
-    ds = ds.map(eval_sample, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(lambda record: _eval_sample(record, **eval_kwargs),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.padded_batch(
         batch_size, drop_remainder=drop_remainder,
         padding_values=_eval_padding_values(void_id))
   return ds.prefetch(AUTOTUNE) if prefetch else ds
+
+
+def _eval_sample(record, *, void_id: int, targets_kwargs,
+                 resize_kwargs) -> Dict[str, tf.Tensor]:
+  """An evaluation sample: the resized, padded crop + the original label."""
+  example = tfrecord.decode_example(record)
+  image, label = preprocessing.eval_resize_and_pad(
+      tf.cast(example["image"], tf.float32), example["label"][..., None],
+      label_pad_value=void_id, **resize_kwargs)
+  sample = preprocessing.panoptic_targets(label[..., 0], **targets_kwargs)
+  sample[common.IMAGE] = image
+  sample[common.IMAGE_NAME] = example["name"]
+  sample[common.GT_PANOPTIC_RAW] = example["label"]
+  original_size = tf.stack([example["height"], example["width"]])
+  sample[common.GT_SIZE_RAW] = original_size
+  sample[common.RESIZED_SIZE] = preprocessing.eval_resized_size(
+      original_size, **resize_kwargs)
+  return sample
 
 
 def _eval_padding_values(void_id: int) -> Dict[str, tf.Tensor]:
@@ -227,5 +241,5 @@ def _eval_padding_values(void_id: int) -> Dict[str, tf.Tensor]:
       common.GT_THING_ID_MASK_KEY: 0, common.GT_THING_ID_CLASS_KEY: 0,
       common.SEMANTIC_LOSS_WEIGHT_KEY: 0.0, common.IMAGE: 0.0,
       common.IMAGE_NAME: "", common.GT_PANOPTIC_RAW: void_id,
-      common.GT_SIZE_RAW: 0,
+      common.GT_SIZE_RAW: 0, common.RESIZED_SIZE: 0,
   }

@@ -35,7 +35,7 @@ def _as_pair(value: Size) -> Optional[Tuple[int, int]]:
     return (value, value)
   pair = tuple(int(v) for v in value)
   if len(pair) == 1:
-    return (pair[0], pair[0])
+    pair = (pair[0], pair[0])
   return None if not any(pair) else pair
 
 
@@ -54,9 +54,10 @@ def _scaled(hw: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.floor(hw * scale), tf.int32)
 
 
-def resize_to_range(image, label, min_size: Size = None,
-                    max_size: Size = None, factor: Optional[int] = None):
-  """DeepLab2's resize to range, in two floored steps.
+def range_resized_size(height_width: tf.Tensor, min_size: Size = None,
+                       max_size: Size = None,
+                       factor: Optional[int] = None) -> tf.Tensor:
+  """DeepLab2's resize to range: the [2] int32 size, in two floored steps.
 
   First scale so both sides reach `min_size` (the short side matches it),
   then shrink, never enlarge, so neither side exceeds `max_size`. Each bound
@@ -65,9 +66,7 @@ def resize_to_range(image, label, min_size: Size = None,
   lowered to such a value, so it still holds).
   """
   min_pair, max_pair = _as_pair(min_size), _as_pair(max_size)
-  if min_pair is None and max_pair is None:
-    return image, label
-  hw = tf.cast(tf.shape(image)[:2], tf.float32)
+  hw = tf.cast(height_width, tf.float32)
   if min_pair is not None:
     hw = tf.cast(_scaled(hw, tf.reduce_max(
         tf.constant(min_pair, tf.float32) / hw)), tf.float32)
@@ -79,7 +78,16 @@ def resize_to_range(image, label, min_size: Size = None,
   size = tf.cast(hw, tf.int32)
   if factor:
     size += (factor - (size - 1) % factor) % factor
-  return resize(image, label, size)
+  return size
+
+
+def resize_to_range(image, label, min_size: Size = None,
+                    max_size: Size = None, factor: Optional[int] = None):
+  """Resizes image and label to `range_resized_size` (no-op if unbounded)."""
+  if _as_pair(min_size) is None and _as_pair(max_size) is None:
+    return image, label
+  return resize(image, label, range_resized_size(
+      tf.shape(image)[:2], min_size, max_size, factor))
 
 
 def random_scale_factor(seed, min_scale: float, max_scale: float,
@@ -106,7 +114,8 @@ def pad(image, label, offset_h, offset_w, height, width, label_pad_value):
   paddings = [[offset_h, height - offset_h - h],
               [offset_w, width - offset_w - w], [0, 0]]
   image = tf.pad(image - PAD_PIXEL_VALUE, paddings) + PAD_PIXEL_VALUE
-  label = tf.pad(label, paddings, constant_values=label_pad_value)
+  if label is not None:
+    label = tf.pad(label, paddings, constant_values=label_pad_value)
   return image, label
 
 
@@ -164,22 +173,44 @@ def augment(image, label, seed, *, crop_size: Tuple[int, int],
   return flip_left_right(image, label, seeds[3])
 
 
-def eval_resize_and_pad(image, label, *, crop_size: Tuple[int, int],
-                        label_pad_value: int, min_resize_value: Size = None,
-                        max_resize_value: Size = None,
-                        resize_factor: Optional[int] = None):
-  """The evaluation chain: fit inside the crop, pad bottom/right."""
+def eval_resized_size(height_width: tf.Tensor, *, crop_size: Tuple[int, int],
+                      min_resize_value: Size = None,
+                      max_resize_value: Size = None,
+                      resize_factor: Optional[int] = None) -> tf.Tensor:
+  """[2] int32 size of an image after the evaluation resize (before padding).
+
+  Resize to range with the long-side cap defaulting to the crop, so every
+  image fits inside the crop. The evaluator and the SavedModel crop their
+  predictions back to this size before resizing them to the original.
+  """
   max_resize_value = _as_pair(max_resize_value) or tuple(crop_size)
   if (max_resize_value[0] > crop_size[0] or
       max_resize_value[1] > crop_size[1]):
     raise ValueError(f"max_resize_value {max_resize_value} exceeds "
                      f"crop_size {tuple(crop_size)}.")
-  image, label = resize_to_range(image, label, min_resize_value,
-                                 max_resize_value, resize_factor)
+  return range_resized_size(height_width, min_resize_value, max_resize_value,
+                            resize_factor)
+
+
+def eval_resize_and_pad(image, label, *, crop_size: Tuple[int, int],
+                        label_pad_value: int, min_resize_value: Size = None,
+                        max_resize_value: Size = None,
+                        resize_factor: Optional[int] = None):
+  """The evaluation chain: fit inside the crop, pad bottom/right.
+
+  `label` may be None (inference); then the returned label is None too.
+  """
+  size = eval_resized_size(
+      tf.shape(image)[:2], crop_size=crop_size,
+      min_resize_value=min_resize_value, max_resize_value=max_resize_value,
+      resize_factor=resize_factor)
+  image, label = resize(image, label, size)
   image, label = pad(image, label, 0, 0, crop_size[0], crop_size[1],
                      label_pad_value)
-  return (tf.ensure_shape(image, [*crop_size, 3]),
-          tf.ensure_shape(label, [*crop_size, 1]))
+  image = tf.ensure_shape(image, [*crop_size, 3])
+  if label is None:
+    return image, None
+  return image, tf.ensure_shape(label, [*crop_size, 1])
 
 
 def panoptic_targets(panoptic: tf.Tensor, *, num_classes: int,
