@@ -20,7 +20,10 @@ and a SavedModel. Per image:
 Outputs: panoptic = semantic x label_divisor + instance (instance = 1 + rank
 of the slot among the sorted slots, things only), semantic, instance,
 per-pixel confidence (max mask probability) and the pasted slot's class
-confidence (for AP).
+confidence (the two maps DeepLab2 multiplies into an instance's AP score).
+Besides, as DeepLab2 (a second, threshold-free pixel-wise pass of its
+post-processor), a dense semantic map for mIoU: every pixel takes the class
+of the slot with the largest resized mask logit, so no pixel is void.
 """
 
 from typing import Dict
@@ -92,22 +95,11 @@ class MaskWiseMerging:
       raise ValueError("image_size (the model input's H, W) is required.")
     height, width = int(image_size[0]), int(image_size[1])
     num_slots = mask_logits.shape[-1]
+    class_ids = tf.constant(self._class_ids, tf.int32)
 
-    class_probs = tf.nn.softmax(class_logits, axis=-1)[..., :-1]
-    class_pred = tf.argmax(class_probs, axis=-1, output_type=tf.int32)
-    confidence = tf.reduce_max(class_probs, axis=-1)  # [B, N]
-
-    low_res_probs = tf.nn.softmax(mask_logits, axis=-1)
-    low_res_detected = tf.cast(low_res_probs > self._pixel_threshold,
-                               tf.float32)
-    mask_score = tf.math.divide_no_nan(
-        tf.reduce_sum(low_res_probs * low_res_detected, axis=[1, 2]),
-        tf.reduce_sum(low_res_detected, axis=[1, 2]))
-    order = tf.argsort(
-        confidence**self._class_weight * mask_score**self._mask_weight,
-        axis=-1, direction="DESCENDING", stable=True)
-    class_pred = tf.gather(class_pred, order, batch_dims=1)
-    confidence = tf.gather(confidence, order, batch_dims=1)
+    slot_class, order = self._rank_slots(mask_logits, class_logits)
+    class_pred = tf.gather(slot_class[0], order, batch_dims=1)
+    confidence = tf.gather(slot_class[1], order, batch_dims=1)
     is_thing = class_pred < self._num_things
     confident = tf.where(is_thing, confidence >= self._thing_threshold,
                          confidence >= self._stuff_threshold)
@@ -117,20 +109,22 @@ class MaskWiseMerging:
 
     logits = resized_fuse.resize_bilinear_align_corners(mask_logits,
                                                         [height, width])
+    # DeepLab2's semantic prediction: the argmax slot's class at every pixel.
+    dense_semantic = tf.gather(class_ids, tf.gather(
+        slot_class[0], tf.argmax(logits, axis=-1, output_type=tf.int32),
+        batch_dims=1))
     probs = tf.nn.softmax(logits, axis=-1)
-    pixel_confidence = tf.reduce_max(probs, axis=-1)
     if self._pixel_threshold > _AT_MOST_TWO_MASKS_ABOVE:
       canvas = self._paste_by_pair_counts(probs, order, confident)
     else:
       canvas = self._paste_slot_by_slot(probs, order, confident)
-    class_score = tf.where(
-        canvas > 0,
-        tf.gather(confidence, tf.maximum(canvas - 1, 0), batch_dims=1), 0.0)
 
     assigned = canvas > 0
     slot = tf.maximum(canvas - 1, 0)
+    class_score = tf.where(assigned,
+                           tf.gather(confidence, slot, batch_dims=1), 0.0)
     class_index = tf.gather(class_pred, slot, batch_dims=1)
-    semantic = tf.gather(tf.constant(self._class_ids, tf.int32), class_index)
+    semantic = tf.gather(class_ids, class_index)
     thing_pixels = tf.logical_and(assigned, class_index < self._num_things)
     stuff_pixels = tf.logical_and(assigned, class_index >= self._num_things)
     instance = tf.where(thing_pixels, slot + 1, 0)
@@ -152,10 +146,33 @@ class MaskWiseMerging:
         common.PRED_PANOPTIC_KEY: panoptic,
         common.PRED_SEMANTIC_KEY: semantic,
         common.PRED_INSTANCE_KEY: instance,
-        common.PRED_SEMANTIC_PROBS_KEY: pixel_confidence,
+        common.PRED_DENSE_SEMANTIC_KEY: dense_semantic,
+        common.PRED_SEMANTIC_PROBS_KEY: tf.reduce_max(probs, axis=-1),
         common.PRED_INSTANCE_SCORES_KEY: tf.where(kept, class_score, 0.0),
         PRED_MASK_ID_KEY: tf.where(kept, canvas, 0),
     }
+
+  def _rank_slots(self, mask_logits, class_logits):
+    """((class index, confidence) per slot, slots in descending score).
+
+    The class is the argmax of the non-void class probabilities; the score is
+    confidence^class_weight x mask_score^mask_weight, the mask score being
+    the mean mask probability where it exceeds the pixel threshold (at the
+    logits' resolution); ties keep the slot order.
+    """
+    class_probs = tf.nn.softmax(class_logits, axis=-1)[..., :-1]
+    class_pred = tf.argmax(class_probs, axis=-1, output_type=tf.int32)
+    confidence = tf.reduce_max(class_probs, axis=-1)  # [B, N]
+    low_res_probs = tf.nn.softmax(mask_logits, axis=-1)
+    low_res_detected = tf.cast(low_res_probs > self._pixel_threshold,
+                               tf.float32)
+    mask_score = tf.math.divide_no_nan(
+        tf.reduce_sum(low_res_probs * low_res_detected, axis=[1, 2]),
+        tf.reduce_sum(low_res_detected, axis=[1, 2]))
+    order = tf.argsort(
+        confidence**self._class_weight * mask_score**self._mask_weight,
+        axis=-1, direction="DESCENDING", stable=True)
+    return (class_pred, confidence), order
 
   def _paste_slot_by_slot(self, probs, order, confident):
     """Canvas [B, H, W]: 1 + sorted rank of the pasted slot, 0 where none.

@@ -168,3 +168,27 @@ def test_no_confident_slot_gives_all_void():
   result = max_deeplab.MaskWiseMerging(THINGS, STUFF, DIVISOR, VOID)(
       outputs, (8, 8))
   assert (result[common.PRED_PANOPTIC_KEY].numpy() == VOID * DIVISOR).all()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dense_semantic_is_the_argmax_slot_class_everywhere(seed):
+  """DeepLab2's mIoU map: no thresholds, no void, no area limits."""
+  rng = np.random.default_rng(seed)
+  slots = 6
+  mask_logits = (rng.standard_normal((2, 7, 9, slots)) * 3).astype(np.float32)
+  class_logits = (rng.standard_normal((2, slots, 5)) * 3).astype(np.float32)
+  class_logits[:, 0, -1] = 20.0  # Slot 0 is void-like: never pasted.
+  merging = max_deeplab.MaskWiseMerging(
+      THINGS, STUFF, DIVISOR, VOID, thing_area_limit=50, stuff_area_limit=50)
+  result = merging({common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY: mask_logits,
+                    common.PRED_TRANSFORMER_CLASS_LOGITS_KEY: class_logits},
+                   (25, 33))
+  dense = result[common.PRED_DENSE_SEMANTIC_KEY].numpy()
+  ids = np.array(THINGS + STUFF)
+  for b in range(2):
+    slot_class = _softmax(class_logits[b])[:, :-1].argmax(-1)
+    expected = ids[slot_class[_resize(mask_logits[b], (25, 33)).argmax(-1)]]
+    np.testing.assert_array_equal(dense[b], expected)
+  assert not (dense == VOID).any()
+  # The panoptic map of the same outputs does have void (thresholds, limits).
+  assert (result[common.PRED_SEMANTIC_KEY].numpy() == VOID).any()
