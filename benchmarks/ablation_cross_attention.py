@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-_METRICS = ("PQ", "PQ_Th", "PQ_St", "AP", "mIoU")
+_METRICS = ("PQ", "PQ_Th", "PQ_St", "AP_Mask", "mIoU")
 
 
 def _run_one(output_dir: str, attention: str, seed: int, steps, data_dir):

@@ -15,6 +15,7 @@ of `createPanopticImgs` (stuff: label id; thing: label id * 1000 + k), plus a
 import json
 import os
 from typing import List
+from typing import Mapping
 from typing import Optional
 from typing import Sequence
 
@@ -73,8 +74,8 @@ class CocoPanopticWriter:
     return f"{image_id}.png"
 
   def add(self, image_id, panoptic: np.ndarray,
-          scores: Optional[np.ndarray] = None):
-    """Writes one image's PNG; `scores` (optional) average per segment."""
+          segment_scores: Optional[Mapping[int, float]] = None):
+    """Writes one image's PNG; `segment_scores`: panoptic id -> "score"."""
     panoptic = np.asarray(panoptic, np.int64)
     ids = np.zeros(panoptic.shape, np.int64)
     segments = []
@@ -93,8 +94,8 @@ class CocoPanopticWriter:
               "bbox": [int(cols.min()), int(rows.min()),
                        int(cols.max() - cols.min() + 1),
                        int(rows.max() - rows.min() + 1)]}
-      if scores is not None:
-        info["score"] = float(np.asarray(scores)[region].mean())
+      if segment_scores is not None and int(label) in segment_scores:
+        info["score"] = float(segment_scores[int(label)])
       segments.append(info)
     file_name = self._file_name(image_id)
     Image.fromarray(id_to_rgb(ids)).save(os.path.join(self._png_dir,
@@ -146,14 +147,14 @@ class CityscapesPanopticWriter(CocoPanopticWriter):
     return f"{image_id}_panoptic.png"
 
   def add(self, image_id, panoptic: np.ndarray,
-          scores: Optional[np.ndarray] = None):
+          segment_scores: Optional[Mapping[int, float]] = None):
     self._thing_counts = {}
     panoptic = np.asarray(panoptic, np.int64)
     classes = panoptic // self._divisor
     # A stuff class is one segment, whatever instance ids it carries.
     panoptic = np.where(np.isin(classes, self._stuff_train_ids),
                         classes * self._divisor, panoptic)
-    ids = super().add(image_id, panoptic, scores)
+    ids = super().add(image_id, panoptic, segment_scores)
     # Label id of every pixel: stuff ids are label ids, things carry * 1000;
     # void (0) stays 0 ("unlabeled").
     label_ids = np.where(ids >= 1000, ids // 1000, ids).astype(np.uint8)

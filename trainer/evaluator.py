@@ -1,8 +1,17 @@
-"""Evaluation (Orbit `StandardEvaluator`): inference, post-processing, PQ/mIoU/AP.
+"""Evaluation (Orbit `StandardEvaluator`): inference, post-processing, metrics.
 
 The model and the mask-wise merging run in one `tf.function` (XLA when
-`evaluator_options.jit_compile`); the metrics stream on the host with
-vectorised NumPy.
+`evaluator_options.jit_compile`) at the evaluation crop. On the host, each
+image's maps are then mapped back to the original image
+(`undo_preprocessing.to_original_size`: drop the padding, nearest resize, as
+DeepLab2 and the SavedModel) and scored against the original-size ground
+truth with vectorised NumPy:
+  PQ / SQ / RQ (all, things, stuff) on the panoptic map;
+  mIoU on the dense semantic map (every pixel gets a class, as DeepLab2);
+  COCO mask AP (`coco_ap`) with DeepLab2's score, class confidence x mean
+    mask probability, under DeepLab2's names (`AP_Mask`, and the 11 other
+    COCOeval stats with `detailed_ap_metrics`).
+Saved predictions are the same original-size maps.
 """
 
 from typing import Dict
@@ -12,12 +21,20 @@ import orbit
 import tensorflow as tf
 
 from deeplab2_kmax import common
+from deeplab2_kmax.evaluation import coco_instance_ap
 from deeplab2_kmax.evaluation import mean_iou
 from deeplab2_kmax.evaluation import panoptic_quality
+from deeplab2_kmax.post_processing import undo_preprocessing
+
+# The post-processed maps the metrics and the writers read.
+_MAPS = (common.PRED_PANOPTIC_KEY, common.PRED_DENSE_SEMANTIC_KEY,
+         common.PRED_INSTANCE_SCORES_KEY, common.PRED_SEMANTIC_PROBS_KEY)
+_GROUND_TRUTH = (common.GT_PANOPTIC_RAW, common.GT_SIZE_RAW,
+                 common.RESIZED_SIZE, common.IMAGE_NAME)
 
 
 class KMaXEvaluator(orbit.StandardEvaluator):
-  """Runs the eval split and returns PQ / PQ_Th / PQ_St / SQ / RQ / mIoU."""
+  """Runs the eval split and returns PQ / PQ_Th / PQ_St / SQ / RQ / mIoU / AP."""
 
   def __init__(self, config, model, post_processor, dataset, strategy,
                dataset_info, model_dir: str = None, global_step=None):
@@ -26,14 +43,15 @@ class KMaXEvaluator(orbit.StandardEvaluator):
     self._strategy = strategy
     self._info = dataset_info
     self._crop = tuple(config.eval_dataset_options.crop_size)
-    self._metrics_wanted = set(config.evaluator_options.metrics or
+    options = config.evaluator_options
+    self._metrics_wanted = set(options.metrics or
                                ["panoptic_quality", "mean_iou"])
+    self._detailed_ap = options.detailed_ap_metrics
     self._pq = None
     self._miou = None
     self._ap = None
     self._writer = None
     self._save_dir = None
-    options = config.evaluator_options
     if options.save_predictions:
       self._save_dir = options.override_save_dir or model_dir
     self._global_step = global_step
@@ -44,7 +62,8 @@ class KMaXEvaluator(orbit.StandardEvaluator):
 
   def _predict_fn(self, images):
     outputs = self._model(images, training=False)
-    return self._post_processor(outputs, self._crop)
+    predictions = self._post_processor(outputs, self._crop)
+    return {key: predictions[key] for key in _MAPS}
 
   def eval_begin(self):
     info = self._info
@@ -52,38 +71,32 @@ class KMaXEvaluator(orbit.StandardEvaluator):
         info.num_classes, info.ignore_label, info.panoptic_label_divisor,
         info.thing_class_ids)
     self._miou = mean_iou.MeanIoU(info.num_classes, info.ignore_label)
-    if "coco_ap" in self._metrics_wanted:
-      from deeplab2_kmax.evaluation import coco_instance_ap  # pylint: disable=g-import-not-at-top
-      self._ap = coco_instance_ap.InstanceAP(info)
-    else:
-      self._ap = None
+    self._ap = (coco_instance_ap.InstanceAP(info)
+                if "coco_ap" in self._metrics_wanted else None)
     if self._save_dir:
-      from deeplab2_kmax.evaluation import writers  # pylint: disable=g-import-not-at-top
-      step = int(self._global_step.numpy()) if self._global_step is not None else 0
-      name = f"predictions_step{step}"
-      if info.name == "cityscapes_panoptic":
-        self._writer = writers.CityscapesPanopticWriter(
-            self._save_dir, info.panoptic_label_divisor, info.ignore_label,
-            info.class_names, info.class_has_instances, name=name)
-      else:
-        categories = [{"id": c, "name": info.class_names[c],
-                       "isthing": int(info.class_has_instances[c])}
-                      for c in range(info.num_classes)
-                      if c != info.ignore_label]
-        self._writer = writers.CocoPanopticWriter(
-            self._save_dir, info.panoptic_label_divisor, info.ignore_label,
-            categories, name=name)
+      self._writer = self._make_writer()
+
+  def _make_writer(self):
+    from deeplab2_kmax.evaluation import writers  # pylint: disable=g-import-not-at-top
+    info = self._info
+    step = int(self._global_step.numpy()) if self._global_step is not None else 0
+    name = f"predictions_step{step}"
+    if info.name == "cityscapes_panoptic":
+      return writers.CityscapesPanopticWriter(
+          self._save_dir, info.panoptic_label_divisor, info.ignore_label,
+          info.class_names, info.class_has_instances, name=name)
+    categories = [{"id": c, "name": info.class_names[c],
+                   "isthing": int(info.class_has_instances[c])}
+                  for c in range(info.num_classes) if c != info.ignore_label]
+    return writers.CocoPanopticWriter(
+        self._save_dir, info.panoptic_label_divisor, info.ignore_label,
+        categories, name=name)
 
   def eval_step(self, iterator):
     def step_fn(batch):
-      predictions = self._predict(batch[common.IMAGE])
-      return {
-          "panoptic": predictions[common.PRED_PANOPTIC_KEY],
-          "scores": predictions[common.PRED_INSTANCE_SCORES_KEY],
-          "gt": batch[common.GT_PANOPTIC_RAW],
-          "size": batch[common.GT_SIZE_RAW],
-          "name": batch[common.IMAGE_NAME],
-      }
+      outputs = self._predict(batch[common.IMAGE])
+      outputs.update({key: batch[key] for key in _GROUND_TRUTH})
+      return outputs
     outputs = self._strategy.run(step_fn, args=(next(iterator),))
     return tf.nest.map_structure(
         lambda x: tf.concat(self._strategy.experimental_local_results(x), 0),
@@ -91,22 +104,33 @@ class KMaXEvaluator(orbit.StandardEvaluator):
 
   def eval_reduce(self, state=None, step_outputs=None):
     outputs = tf.nest.map_structure(lambda x: x.numpy(), step_outputs)
-    divisor = self._info.panoptic_label_divisor
-    for pred, scores, gt, size, name in zip(
-        outputs["panoptic"], outputs["scores"], outputs["gt"], outputs["size"],
-        outputs["name"]):
-      height, width = int(size[0]), int(size[1])
+    for i, name in enumerate(outputs[common.IMAGE_NAME]):
+      height, width = (int(v) for v in outputs[common.GT_SIZE_RAW][i])
       if height == 0:  # Padding of the last batch.
         continue
-      pred, gt = pred[:height, :width], gt[:height, :width]
-      self._pq.update(gt, pred)
-      self._miou.update(gt // divisor, pred // divisor)
-      if self._ap is not None:
-        self._ap.update(gt, pred, scores[:height, :width])
-      if self._writer is not None:
-        self._writer.add(name.decode() if isinstance(name, bytes) else name,
-                         pred, scores[:height, :width])
+      maps = undo_preprocessing.to_original_size(
+          {key: outputs[key][i:i + 1] for key in _MAPS},
+          outputs[common.RESIZED_SIZE][i], (height, width))
+      maps = {key: value[0].numpy() for key, value in maps.items()}
+      gt = outputs[common.GT_PANOPTIC_RAW][i, :height, :width]
+      self._score(gt, maps,
+                  name.decode() if isinstance(name, bytes) else name)
     return state
+
+  def _score(self, gt: np.ndarray, maps: Dict[str, np.ndarray], name: str):
+    """Updates the metrics (and the writer) with one original-size image."""
+    panoptic = maps[common.PRED_PANOPTIC_KEY]
+    self._pq.update(gt, panoptic)
+    self._miou.update(gt // self._info.panoptic_label_divisor,
+                      maps[common.PRED_DENSE_SEMANTIC_KEY])
+    scores = (maps[common.PRED_INSTANCE_SCORES_KEY],
+              maps[common.PRED_SEMANTIC_PROBS_KEY])
+    if self._ap is not None:
+      self._ap.update(gt, panoptic, *scores)
+    if self._writer is not None:
+      self._writer.add(name, panoptic, coco_instance_ap.segment_scores(
+          panoptic, *scores, self._info.panoptic_label_divisor,
+          self._info.ignore_label))
 
   def eval_end(self, state=None) -> Dict[str, float]:
     if self._writer is not None:
@@ -119,5 +143,6 @@ class KMaXEvaluator(orbit.StandardEvaluator):
     if "mean_iou" in self._metrics_wanted:
       results.update(self._miou.result())
     if self._ap is not None:
-      results.update(self._ap.result())
+      ap = self._ap.result()
+      results.update(ap if self._detailed_ap else {"AP_Mask": ap["AP_Mask"]})
     return {k: np.float32(v) for k, v in results.items()}

@@ -1,11 +1,16 @@
 """SavedModel export for TF Serving (SPEC §8); CLI in `export_model`.
 
-`serving_default(image: uint8 [H, W, 3], any size)` resizes the image to fit
-the export crop (aspect kept, padded with 127.5 like the data pipeline), runs
-the model and the mask-wise merging (XLA-compiled when
-`export_options.jit_compile`), and maps the results back to H x W:
-  panoptic_pred, semantic_pred, instance_pred: int32 [1, H, W]
-  semantic_probs (per-pixel confidence), instance_scores: float32 [1, H, W]
+`serving_default(image: uint8 [H, W, 3], any size)` preprocesses the image
+exactly as the evaluation pipeline does (`preprocessing.eval_resize_and_pad`:
+resize to range with the eval dataset's min/max_resize_value and
+resize_factor, the cap never above the export crop, then pad with 127.5),
+runs the model and the mask-wise merging (XLA-compiled when
+`export_options.jit_compile`), and maps the results back to H x W with the
+evaluator's `undo_preprocessing.to_original_size`:
+  panoptic_pred, semantic_pred, instance_pred, dense_semantic_pred: int32
+    [1, H, W]
+  semantic_probs (max mask probability), instance_scores (class confidence
+    of the pasted slot): float32 [1, H, W]
   cluster_assignments: int32 [1, L, h, w], the argmax over cluster centres of
     each kMaX layer at the feature resolution (paper Fig. 4)
   (+ pixel_space_mask_logits / transformer_class_logits with
@@ -21,8 +26,8 @@ import tensorflow as tf
 
 from deeplab2_kmax import builders
 from deeplab2_kmax import common
-
-PAD_VALUE = 127.5
+from deeplab2_kmax.data import preprocessing
+from deeplab2_kmax.post_processing import undo_preprocessing
 
 
 class ExportError(ValueError):
@@ -32,12 +37,13 @@ class ExportError(ValueError):
 class _ServingModule(tf.Module):
   """The exported object: model + post-processing + resize logic."""
 
-  def __init__(self, model, post_processor, crop_size, dataset_name,
-               include_raw_logits, jit_compile):
+  def __init__(self, model, post_processor, crop_size, resize_bounds,
+               dataset_name, include_raw_logits, jit_compile):
     super().__init__()
     self.model = model
     self._post_processor = post_processor
     self._crop = tuple(int(v) for v in crop_size)
+    self._resize = dict(resize_bounds, crop_size=self._crop)
     self._include_raw = include_raw_logits
     self.dataset_name = tf.Variable(dataset_name, trainable=False)
     self.num_mask_slots = tf.Variable(model.num_mask_slots, trainable=False)
@@ -56,33 +62,29 @@ class _ServingModule(tf.Module):
         results[key] = outputs[key]
     return results
 
+  def _preprocess(self, image):
+    """uint8 [H, W, 3] -> float32 crop, as the evaluation pipeline."""
+    return preprocessing.eval_resize_and_pad(
+        tf.cast(image, tf.float32), None, label_pad_value=0,
+        **self._resize)[0]
+
   def _predict(self, images):
     """images: uint8 [B, H, W, 3] (same size)."""
     crop_h, crop_w = self._crop
-    shape = tf.shape(images)
-    height, width = shape[1], shape[2]
-    scale = tf.minimum(crop_h / tf.cast(height, tf.float64),
-                       crop_w / tf.cast(width, tf.float64))
-    new_h = tf.maximum(1, tf.minimum(crop_h, tf.cast(
-        tf.round(tf.cast(height, tf.float64) * scale), tf.int32)))
-    new_w = tf.maximum(1, tf.minimum(crop_w, tf.cast(
-        tf.round(tf.cast(width, tf.float64) * scale), tf.int32)))
-    resized = tf.image.resize(tf.cast(images, tf.float32), [new_h, new_w])
-    padded = tf.pad(resized - PAD_VALUE,
-                    [[0, 0], [0, crop_h - new_h], [0, crop_w - new_w], [0, 0]])
-    padded = tf.ensure_shape(padded + PAD_VALUE, [None, crop_h, crop_w, 3])
+    original_size = tf.shape(images)[1:3]
+    resized_size = preprocessing.eval_resized_size(original_size,
+                                                   **self._resize)
+    padded = tf.map_fn(self._preprocess, images, fn_output_signature=(
+        tf.TensorSpec([crop_h, crop_w, 3], tf.float32)))
     results = self._core(padded)
-    outputs = {}
-    for key in (common.PRED_PANOPTIC_KEY, common.PRED_SEMANTIC_KEY,
-                common.PRED_INSTANCE_KEY, common.PRED_SEMANTIC_PROBS_KEY,
-                common.PRED_INSTANCE_SCORES_KEY):
-      valid = results[key][:, :new_h, :new_w, tf.newaxis]
-      back = tf.image.resize(valid, [height, width], method="nearest")
-      outputs[key] = back[..., 0]
-    feature_h = (new_h - 1) * results["cluster_assignments"].shape[2] // crop_h
-    feature_w = (new_w - 1) * results["cluster_assignments"].shape[3] // crop_w
+    outputs = undo_preprocessing.to_original_size(
+        {key: results[key] for key in undo_preprocessing.PER_PIXEL_KEYS},
+        resized_size, original_size)
+    feature_h, feature_w = results["cluster_assignments"].shape[2:4]
+    last_h = (resized_size[0] - 1) * feature_h // crop_h
+    last_w = (resized_size[1] - 1) * feature_w // crop_w
     outputs["cluster_assignments"] = results["cluster_assignments"][
-        :, :, :feature_h + 1, :feature_w + 1]
+        :, :, :last_h + 1, :last_w + 1]
     for key in (common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY,
                 common.PRED_TRANSFORMER_CLASS_LOGITS_KEY):
       if key in results:
@@ -100,6 +102,22 @@ class _ServingModule(tf.Module):
     return self._predict(images)
 
 
+def resize_options(eval_options, crop_size):
+  """The evaluation resize bounds, the long-side cap lowered to the crop.
+
+  With the export crop equal to the eval crop (the default) these are the
+  evaluation pipeline's own bounds, so served maps equal the evaluator's.
+  """
+  pair = lambda values: tuple(values) if len(values) else None  # pylint: disable=g-long-lambda
+  cap = pair(eval_options.max_resize_value) or tuple(crop_size)
+  if len(cap) == 1:
+    cap = cap * 2
+  cap = tuple(min(int(c), int(m)) for c, m in zip(cap, crop_size))
+  return {"min_resize_value": pair(eval_options.min_resize_value),
+          "max_resize_value": cap,
+          "resize_factor": eval_options.resize_factor or None}
+
+
 def export_from_model(model, config, output_path: str):
   """Writes the SavedModel of an already-built (and loaded) model."""
   if os.path.isdir(output_path) and os.listdir(output_path):
@@ -110,6 +128,7 @@ def export_from_model(model, config, output_path: str):
           tuple(config.eval_dataset_options.crop_size))
   module = _ServingModule(
       model, builders.build_post_processor(config), crop,
+      resize_options(config.eval_dataset_options, crop),
       builders.dataset_info(config).name, options.include_raw_logits,
       options.jit_compile)
   signatures = {"serving_default": module.serve.get_concrete_function()}

@@ -218,7 +218,7 @@ def _summary(result: Dict[str, object]) -> str:
   lines = ["", "kMaX-DeepLab demo finished in "
            f"{result['seconds'] / 60:.1f} min."]
   for key, label in (("PQ", "PQ"), ("PQ_Th", "PQ^Th"), ("PQ_St", "PQ^St"),
-                     ("AP", "AP"), ("mIoU", "mIoU")):
+                     ("AP_Mask", "AP"), ("mIoU", "mIoU")):
     if key in metrics:
       lines.append(f"  {label:6s} {100 * metrics[key]:.1f}")
   if "saved_model" in result:

@@ -7,12 +7,17 @@ import sys
 import textwrap
 
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
 import trainer_test_utils as utils
 
 from deeplab2_kmax import builders
 from deeplab2_kmax import common
+from deeplab2_kmax.data import input_pipeline
+from deeplab2_kmax.data import preprocessing
+from deeplab2_kmax.data import tfrecord
+from deeplab2_kmax.post_processing import undo_preprocessing
 from deeplab2_kmax.trainer import export_lib
 from deeplab2_kmax.trainer import train_lib
 
@@ -30,8 +35,7 @@ def test_train_resume_evaluate_export(data_dir, tmp_path):
   first = tf.train.load_checkpoint(train_lib.latest_checkpoint(model_dir))
 
   # Same command with a later last step: resumes at step 2, not from 0.
-  config = utils.tiny_config(data_dir, steps=4)
-  config.evaluator_options.save_predictions = True
+  config = _resized_eval_config(data_dir, steps=4)
   metrics = train_lib.run_experiment(config, model_dir, "train_and_eval")
   # COCO-panoptic predictions, evaluable against the dataset's COCO GT.
   from deeplab2_kmax.evaluation import evaluate_panoptic  # pylint: disable=g-import-not-at-top
@@ -49,24 +53,56 @@ def test_train_resume_evaluate_export(data_dir, tmp_path):
   names = reader.get_variable_to_shape_map()
   assert any(k.startswith("optimizer/") for k in names)
   assert any(k.startswith("backbone_optimizer/") for k in names)
-  for key in ("PQ", "PQ_Th", "PQ_St", "mIoU"):
+  for key in ("PQ", "PQ_Th", "PQ_St", "mIoU", "AP_Mask"):
     assert 0.0 <= metrics[key] <= 1.0
 
   saved = str(tmp_path / "saved_model")
   export_lib.export(config, train_lib.latest_checkpoint(model_dir), saved)
   with pytest.raises(export_lib.ExportError, match="refusing to overwrite"):
     export_lib.export(config, train_lib.latest_checkpoint(model_dir), saved)
+  _check_served_predictions(config, model_dir, data_dir, saved, tmp_path)
 
-  # In-library reference on the same image, resized the same way.
+
+def _resized_eval_config(data_dir, steps):
+  """The tiny config; eval and export resize the 64 x 64 images to 48 x 48.
+
+  The 48 x 48 image sits in the 64 x 64 crop; predictions are mapped back to
+  64 x 64. Segments even after 4 steps: every slot confident, pixels above the uniform
+  probability 1 / 8 (so every pixel is in a mask), no overlap or area limit.
+  """
+  config = utils.tiny_config(data_dir, steps=steps)
+  config.evaluator_options.save_predictions = True
+  config.eval_dataset_options.min_resize_value[:] = [48]
+  config.eval_dataset_options.max_resize_value[:] = [48]
+  maskwise = config.evaluator_options.maskwise_postprocessing
+  maskwise.transformer_class_confidence_threshold_thing = 0.0
+  maskwise.transformer_class_confidence_threshold_stuff = 0.0
+  maskwise.overlapping_threshold = 0.0
+  config.evaluator_options.pixel_confidence_threshold = 1 / 8
+  config.evaluator_options.thing_area_limit = 0
+  config.evaluator_options.stuff_area_limit = 0
+  return config
+
+
+def _check_served_predictions(config, model_dir, data_dir, saved, tmp_path):
+  """The SavedModel, in a process without the library, against the library."""
+
+  # In-library reference on the same image, preprocessed the same way.
   model = builders.build_model(config, crop_size=(64, 64))
   tf.train.Checkpoint(model=model).restore(
       train_lib.latest_checkpoint(model_dir)).expect_partial()
   post = builders.build_post_processor(config)
   rng = np.random.default_rng(0)
-  image = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
-  expected = post(model(tf.constant(image[None], tf.float32),
-                        training=False), (64, 64))
+  image = rng.integers(0, 256, (40, 90, 3)).astype(np.uint8)
+  bounds = dict(crop_size=(64, 64), min_resize_value=48, max_resize_value=48)
+  padded, _ = preprocessing.eval_resize_and_pad(
+      tf.constant(image, tf.float32), None, label_pad_value=0, **bounds)
+  expected = undo_preprocessing.to_original_size(
+      post(model(padded[None], training=False), (64, 64)),
+      preprocessing.eval_resized_size((40, 90), **bounds), (40, 90))
   np.save(tmp_path / "image.npy", image)
+  val_image = _first_val_image(data_dir)
+  np.save(tmp_path / "val.npy", val_image["image"])
 
   # A fresh process that never imports deeplab2_kmax.
   script = textwrap.dedent(f"""
@@ -77,6 +113,8 @@ def test_train_resume_evaluate_export(data_dir, tmp_path):
       image = np.load({str(tmp_path / "image.npy")!r})
       out = serve(image=tf.constant(image))
       np.save({str(tmp_path / "pan.npy")!r}, out["panoptic_pred"].numpy())
+      val = serve(image=tf.constant(np.load({str(tmp_path / "val.npy")!r})))
+      np.save({str(tmp_path / "val_pan.npy")!r}, val["panoptic_pred"].numpy())
       odd = serve(image=tf.constant(np.zeros((97, 131, 3), np.uint8)))
       wide = serve(image=tf.constant(np.zeros((200, 60, 3), np.uint8)))
       print(json.dumps({{k: list(v.shape) for k, v in odd.items()}}))
@@ -94,6 +132,27 @@ def test_train_resume_evaluate_export(data_dir, tmp_path):
   assert extra == {"wide": [1, 200, 60], "dtype": "int32"}
   served = np.load(tmp_path / "pan.npy")
   np.testing.assert_array_equal(served, expected[common.PRED_PANOPTIC_KEY])
+  # The SavedModel on an original val image gives the evaluator's saved
+  # prediction: the same segments (the PNG numbers them 1..n), but for
+  # pixels a batch-size rounding difference may flip at a threshold.
+  saved = np.asarray(Image.open(os.path.join(
+      model_dir, "predictions_step4", val_image["name"] + ".png")), np.int64)
+  saved_ids = saved[..., 0] + 256 * saved[..., 1] + 65536 * saved[..., 2]
+  served_ids = np.load(tmp_path / "val_pan.npy")[0]
+  assert saved_ids.shape == served_ids.shape == val_image["image"].shape[:2]
+  pairs, counts = np.unique(np.stack([saved_ids.ravel(), served_ids.ravel()]),
+                            axis=1, return_counts=True)
+  agreeing = sum(counts[pairs[0] == i].max() for i in np.unique(pairs[0]))
+  assert agreeing >= 0.99 * saved_ids.size
+  assert len(np.unique(saved_ids)) > 1
+
+
+def _first_val_image(data_dir):
+  record = next(iter(tf.data.TFRecordDataset(
+      input_pipeline.list_files(os.path.join(data_dir, "val-*.tfrecord")))))
+  example = tfrecord.decode_example(record)
+  return {"image": example["image"].numpy(),
+          "name": example["name"].numpy().decode()}
 
 
 def test_missing_data_and_bad_model_dir_are_named(tmp_path):
