@@ -182,23 +182,7 @@ def _check_losses(c: _Checker, loss_options):
            "trainer_options.loss_options.semantic_loss.name")
 
 
-def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
-  """Checks the meaning of `config`; raises one ConfigError listing all problems."""
-  c = _Checker(path)
-  train_info = _check_dataset(c, config.train_dataset_options,
-                              "train_dataset_options", required=False)
-  eval_info = _check_dataset(c, config.eval_dataset_options,
-                             "eval_dataset_options", required=False)
-  c.require(train_info is not None or eval_info is not None,
-            "train_dataset_options.dataset",
-            "at least one of train/eval dataset options must name a dataset")
-  if train_info and eval_info:
-    c.require(train_info.name == eval_info.name, "eval_dataset_options.dataset",
-              f"{eval_info.name!r} differs from the training dataset "
-              f"{train_info.name!r}")
-  info = train_info or eval_info
-
-  model = config.model_options
+def _check_model(c: _Checker, model, info):
   c.one_of(canonical_backbone_name(model.backbone.name), BACKBONES,
            "model_options.backbone.name")
   c.require(0.0 < model.backbone.drop_path_keep_prob <= 1.0,
@@ -264,7 +248,8 @@ def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
               f"{max_deeplab.auxiliary_semantic_head.output_channels} differs "
               f"from {info.name}'s {info.num_classes} classes")
 
-  trainer = config.trainer_options
+
+def _check_trainer(c: _Checker, trainer):
   solver = trainer.solver_options
   c.one_of(solver.optimizer, OPTIMIZERS,
            "trainer_options.solver_options.optimizer")
@@ -297,7 +282,8 @@ def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
            "trainer_options.loss_options.matching_implementation")
   _check_losses(c, trainer.loss_options)
 
-  evaluator = config.evaluator_options
+
+def _check_evaluator(c: _Checker, evaluator):
   c.require(evaluator.use_tf_function, "evaluator_options.use_tf_function",
             "false is not supported (evaluation always runs in tf.function)")
   c.one_of(evaluator.transformer_post_processing, ("maskwise",),
@@ -319,6 +305,27 @@ def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
               f"{getattr(evaluator, name)} must be >= 0")
   for metric in evaluator.metrics:
     c.one_of(metric, METRICS, "evaluator_options.metrics")
+
+
+def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
+  """Checks the meaning of `config`; raises one ConfigError listing all problems."""
+  c = _Checker(path)
+  train_info = _check_dataset(c, config.train_dataset_options,
+                              "train_dataset_options", required=False)
+  eval_info = _check_dataset(c, config.eval_dataset_options,
+                             "eval_dataset_options", required=False)
+  c.require(train_info is not None or eval_info is not None,
+            "train_dataset_options.dataset",
+            "at least one of train/eval dataset options must name a dataset")
+  if train_info and eval_info:
+    c.require(train_info.name == eval_info.name, "eval_dataset_options.dataset",
+              f"{eval_info.name!r} differs from the training dataset "
+              f"{train_info.name!r}")
+  info = train_info or eval_info
+
+  _check_model(c, config.model_options, info)
+  _check_trainer(c, config.trainer_options)
+  _check_evaluator(c, config.evaluator_options)
 
   for size in config.export_options.crop_size:
     c.require(_supported_size(size), "export_options.crop_size",

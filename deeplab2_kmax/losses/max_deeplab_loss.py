@@ -242,6 +242,29 @@ class MaXDeepLabLoss:
         "inverse_area": inverse_area,
     }
 
+  def _match(self, gt, probs, class_logits):
+    """Hungarian matching of gt masks to slots on -(dice x class prob).
+
+    Returns the [B, M, N] permutation, each slot's matched dice [B, N] and
+    each gt mask's matched class probability [B, M] (no gradients).
+    """
+    masked_probs = probs * gt["non_void"][:, :, tf.newaxis]
+    intersection = tf.einsum("bpm,bpn->bmn", gt["masks"], masked_probs)
+    dice = intersection / (
+        (gt["area"][:, :, tf.newaxis] +
+         tf.reduce_sum(masked_probs, axis=1)[:, tf.newaxis, :]) / 2 + 1e-5)
+    class_probs = tf.nn.softmax(class_logits, axis=-1)[..., :-1]
+    class_similarity = tf.einsum("bmc,bnc->bmn", gt["class_one_hot"],
+                                 class_probs)
+    permutation = tf.stop_gradient(matching.match(
+        tf.stop_gradient(-dice * class_similarity), gt["valid"],
+        self._matching))  # [B, M, N]
+    matched_dice = tf.stop_gradient(
+        tf.reduce_max(dice * permutation, axis=1))  # [B, N]
+    matched_class_prob = tf.stop_gradient(
+        tf.reduce_max(class_similarity * permutation, axis=2))  # [B, M]
+    return permutation, matched_dice, matched_class_prob
+
   def __call__(self, y_true: Dict[str, tf.Tensor],
                y_pred: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     feature = y_pred[common.PRED_PIXEL_SPACE_NORMALIZED_FEATURE_KEY]
@@ -257,22 +280,8 @@ class MaXDeepLabLoss:
 
     # Matching on the final output only.
     probs = tf.nn.softmax(mask_logits[0], axis=-1)
-    non_void = gt["non_void"][:, :, tf.newaxis]
-    masked_probs = probs * non_void
-    intersection = tf.einsum("bpm,bpn->bmn", gt["masks"], masked_probs)
-    dice = intersection / (
-        (gt["area"][:, :, tf.newaxis] +
-         tf.reduce_sum(masked_probs, axis=1)[:, tf.newaxis, :]) / 2 + 1e-5)
-    class_probs = tf.nn.softmax(class_logits[0], axis=-1)[..., :-1]
-    class_similarity = tf.einsum("bmc,bnc->bmn", gt["class_one_hot"],
-                                 class_probs)
-    cost = -dice * class_similarity
-    permutation = tf.stop_gradient(matching.match(
-        tf.stop_gradient(cost), gt["valid"], self._matching))  # [B, M, N]
-    matched_dice = tf.stop_gradient(
-        tf.reduce_max(dice * permutation, axis=1))  # [B, N]
-    matched_class_prob = tf.stop_gradient(
-        tf.reduce_max(class_similarity * permutation, axis=2))  # [B, M]
+    permutation, matched_dice, matched_class_prob = self._match(
+        gt, probs, class_logits[0])
     slot_of_mask = permutation  # [B, M, N]
     # Pixel -> slot target: the slot matched to the pixel's gt mask.
     pixel_slot_target = tf.einsum("bpm,bmn->bpn", gt["masks"], slot_of_mask)
