@@ -108,13 +108,11 @@ def resize_options(eval_options, crop_size):
   With the export crop equal to the eval crop (the default) these are the
   evaluation pipeline's own bounds, so served maps equal the evaluator's.
   """
-  pair = lambda values: tuple(values) if len(values) else None  # pylint: disable=g-long-lambda
-  cap = pair(eval_options.max_resize_value) or tuple(crop_size)
-  if len(cap) == 1:
-    cap = cap * 2
-  cap = tuple(min(int(c), int(m)) for c, m in zip(cap, crop_size))
-  return {"min_resize_value": pair(eval_options.min_resize_value),
-          "max_resize_value": cap,
+  cap = [int(v) for v in eval_options.max_resize_value] * 2
+  cap = cap[:2] if any(cap) else list(crop_size)  # Unset or 0: the crop.
+  return {"min_resize_value": tuple(eval_options.min_resize_value) or None,
+          "max_resize_value": tuple(min(c, int(m))
+                                    for c, m in zip(cap, crop_size)),
           "resize_factor": eval_options.resize_factor or None}
 
 

@@ -197,3 +197,23 @@ def test_learning_rate_warms_up_then_decays_to_zero_at_the_last_step():
     assert rate(step) == pytest.approx(1e-3 * (1 - step / 100) ** 0.9,
                                        rel=1e-5)
   assert rate(100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_export_resizes_with_the_eval_bounds_capped_at_the_export_crop():
+  options = utils.tiny_config("/nonexistent").eval_dataset_options
+  options.min_resize_value[:] = [1281]
+  options.max_resize_value[:] = [1281]
+  assert export_lib.resize_options(options, (1281, 1281)) == {
+      "min_resize_value": (1281,), "max_resize_value": (1281, 1281),
+      "resize_factor": None}
+  assert export_lib.resize_options(options, (641, 641))[
+      "max_resize_value"] == (641, 641)
+  options.max_resize_value[:] = [600, 900]
+  assert export_lib.resize_options(options, (641, 641))[
+      "max_resize_value"] == (600, 641)
+  options.min_resize_value[:] = [0]  # Cityscapes: pad only, fit the crop.
+  options.max_resize_value[:] = [0]
+  options.resize_factor = 32
+  assert export_lib.resize_options(options, (1025, 2049)) == {
+      "min_resize_value": (0,), "max_resize_value": (1025, 2049),
+      "resize_factor": 32}
