@@ -37,6 +37,11 @@ MIXED_PRECISION = ("float32", "mixed_bfloat16", "mixed_float16")
 MATCHING = ("auto", "scipy", "tensorflow")
 METRICS = ("panoptic_quality", "coco_ap", "mean_iou")
 COPY_PASTE_OPTIONS = ("all", "random", "none")
+DROP_PATH_SCHEDULES = ("linear", "constant")
+RAW_PANOPTIC_FORMATS = ("two_channel_png", "three_channel_png",
+                        "two_channel_numpy_array")
+# Datasets whose raw predictions can hold evaluation ids.
+EVAL_ID_DATASETS = ("cityscapes_panoptic",)
 
 
 class ConfigError(ValueError):
@@ -180,6 +185,13 @@ def _check_losses(c: _Checker, loss_options):
   c.one_of(loss_options.semantic_loss.name or "softmax_cross_entropy",
            ("softmax_cross_entropy",),
            "trainer_options.loss_options.semantic_loss.name")
+  # The other losses are defined by their field; a name would be ignored.
+  for name in ("pq_style_loss", "mask_id_cross_entropy_loss",
+               "instance_discrimination_loss"):
+    loss_name = getattr(loss_options, name).name
+    c.require(not loss_name, f"trainer_options.loss_options.{name}.name",
+              f"{loss_name!r} is not used (the field names the loss); "
+              "leave it empty")
 
 
 def _check_model(c: _Checker, model, info):
@@ -188,12 +200,8 @@ def _check_model(c: _Checker, model, info):
   c.require(0.0 < model.backbone.drop_path_keep_prob <= 1.0,
             "model_options.backbone.drop_path_keep_prob",
             f"{model.backbone.drop_path_keep_prob} is not in (0, 1]")
-  # DeepLab2's kMaX encoder builder ignores this field (each encoder fixes
-  # its own per-stage / per-block schedule); only its default is accepted.
-  c.require(model.backbone.drop_path_schedule == "constant",
-            "model_options.backbone.drop_path_schedule",
-            f"{model.backbone.drop_path_schedule!r} is not supported: kMaX "
-            "encoders fix their own schedule (leave it 'constant')")
+  c.one_of(model.backbone.drop_path_schedule, DROP_PATH_SCHEDULES,
+           "model_options.backbone.drop_path_schedule")
   c.positive(model.backbone.backbone_width_multiplier,
              "model_options.backbone.backbone_width_multiplier")
   for n in model.backbone.blocks_per_stage:
@@ -276,11 +284,28 @@ def _check_trainer(c: _Checker, trainer):
   for name in ("save_checkpoints_steps", "save_summaries_steps",
                "steps_per_loop", "num_checkpoints_to_keep"):
     c.positive(getattr(trainer, name), f"trainer_options.{name}")
+  c.require(trainer.save_prediction_images_steps >= 0,
+            "trainer_options.save_prediction_images_steps",
+            f"{trainer.save_prediction_images_steps} must be >= 0 (0: never)")
   c.one_of(trainer.mixed_precision, MIXED_PRECISION,
            "trainer_options.mixed_precision")
   c.one_of(trainer.loss_options.matching_implementation, MATCHING,
            "trainer_options.loss_options.matching_implementation")
   _check_losses(c, trainer.loss_options)
+
+
+def _check_saving(c: _Checker, evaluator, info):
+  c.require(evaluator.num_vis_samples >= 0, "evaluator_options.num_vis_samples",
+            f"{evaluator.num_vis_samples} must be >= 0")
+  c.one_of(evaluator.raw_panoptic_format, RAW_PANOPTIC_FORMATS,
+           "evaluator_options.raw_panoptic_format")
+  if (evaluator.save_raw_predictions and evaluator.convert_raw_to_eval_ids and
+      info is not None):
+    c.require(info.name in EVAL_ID_DATASETS,
+              "evaluator_options.convert_raw_to_eval_ids",
+              f"{info.name} has no evaluation ids (only "
+              f"{', '.join(EVAL_ID_DATASETS)}): set it to false to save raw "
+              "predictions")
 
 
 def _check_evaluator(c: _Checker, evaluator):
@@ -326,6 +351,7 @@ def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
   _check_model(c, config.model_options, info)
   _check_trainer(c, config.trainer_options)
   _check_evaluator(c, config.evaluator_options)
+  _check_saving(c, config.evaluator_options, info)
 
   for size in config.export_options.crop_size:
     c.require(_supported_size(size), "export_options.crop_size",

@@ -219,6 +219,12 @@ def _evaluator_rows() -> Dict[str, Callable]:
           lambda e: options(e).continuous_eval_timeout,
       f"{ev}.detailed_ap_metrics": lambda e: options(e).detailed_ap_metrics,
       f"{ev}.eval_steps": lambda e: options(e).eval_steps,
+      # How the evaluator saves predictions (tests/trainer/
+      # test_evaluator_outputs.py); no effect on the metrics.
+      f"{ev}.convert_raw_to_eval_ids":
+          lambda e: options(e).convert_raw_to_eval_ids,
+      f"{ev}.num_vis_samples": lambda e: options(e).num_vis_samples,
+      f"{ev}.raw_panoptic_format": lambda e: options(e).raw_panoptic_format,
       # Validated: the only implemented choices.
       f"{ev}.transformer_post_processing":
           lambda e: options(e).transformer_post_processing,
@@ -286,18 +292,11 @@ NOT_USED_BY_KMAX = {
     "evaluator_options.transformer_class_confidence_threshold":
         "used by DeepLab2's 'pixelwise' post-processing only; 'maskwise' "
         "uses the thing / stuff thresholds",
-    "evaluator_options.convert_raw_to_eval_ids":
-        "format of DeepLab2's saved raw predictions; no effect on metrics "
-        "(our writers always write the dataset's ids)",
-    "evaluator_options.raw_panoptic_format":
-        "file format of DeepLab2's saved raw predictions; no effect on "
-        "metrics",
-    "evaluator_options.num_vis_samples":
-        "how many visualisations DeepLab2 writes; no effect on results",
     "model_options.backbone.drop_path_schedule":
-        f"{_KMAX_ENCODER}; each encoder fixes its per-stage schedule, ours "
-        "the same (tests/model/test_drop_path.py); our config accepts only "
-        "the default",
+        f"{_KMAX_ENCODER}: its encoders always lower the keep probability "
+        "linearly with depth, which is our default 'linear' "
+        "(tests/model/test_drop_path_schedule.py); our 'constant' keeps it "
+        "flat",
     "model_options.backbone.stem_width_multiplier": _KMAX_ENCODER,
     "model_options.backbone.use_sac_beyond_stride": _KMAX_ENCODER,
     "model_options.backbone.use_squeeze_and_excite": _KMAX_ENCODER,
