@@ -53,6 +53,7 @@ def model_kwargs(config) -> Dict[str, object]:
                             info.num_classes),
       backbone=config_loader.canonical_backbone_name(model.backbone.name),
       backbone_drop_path_keep_prob=model.backbone.drop_path_keep_prob,
+      backbone_drop_path_schedule=model.backbone.drop_path_schedule,
       backbone_width_multiplier=model.backbone.backbone_width_multiplier,
       backbone_blocks_per_stage=list(model.backbone.blocks_per_stage) or None,
       high_resolution_output_stride=(

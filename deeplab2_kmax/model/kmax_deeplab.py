@@ -34,6 +34,7 @@ class KMaXDeepLab(tf_keras.Model):
                num_classes: int,
                backbone: str = "resnet50",
                backbone_drop_path_keep_prob: float = 1.0,
+               backbone_drop_path_schedule: str = "linear",
                backbone_width_multiplier: float = 1.0,
                backbone_blocks_per_stage: Optional[Sequence[int]] = None,
                high_resolution_output_stride: int = 4,
@@ -70,6 +71,7 @@ class KMaXDeepLab(tf_keras.Model):
       num_classes: Non-void classes (the class head adds one void logit).
       backbone: Pixel encoder name (`encoder_builder.ENCODER_NAMES`).
       backbone_drop_path_keep_prob: Backbone stochastic depth.
+      backbone_drop_path_schedule: "linear" (DeepLab2's) or "constant".
       backbone_width_multiplier: Backbone channel scale (tiny variants).
       backbone_blocks_per_stage: Backbone depths override.
       high_resolution_output_stride: 4 (COCO) or 2 (Cityscapes).
@@ -114,6 +116,7 @@ class KMaXDeepLab(tf_keras.Model):
     self._num_classes = num_classes
     self.encoder = encoder_builder.build_pixel_encoder(
         backbone, drop_path_keep_prob=backbone_drop_path_keep_prob,
+        drop_path_schedule=backbone_drop_path_schedule,
         width_multiplier=backbone_width_multiplier,
         blocks_per_stage=backbone_blocks_per_stage, bn_layer=bn_layer)
     self.pixel_decoder = kmax_pixel_decoder.KMaXPixelDecoder(

@@ -42,8 +42,9 @@ VARIANTS = {
     "axial_resnet50": ResNetVariant("inception", "gelu", (3, 4, 6, 3), 16),
 }
 
-# Drop path only acts on blocks at input stride >= 16, with a keep
-# probability decreasing linearly over the 4 stages (DeepLab2's schedule).
+# Drop path only acts on blocks at input stride >= 16 (DeepLab2's kMaX
+# ResNets); its 'linear' schedule decreases the keep probability over the 4
+# stages, as DeepLab2's.
 _DROP_PATH_BEYOND_STRIDE = 16
 
 
@@ -53,6 +54,7 @@ class AxialResNet(staged.StagedEncoder):
   def __init__(self,
                variant: ResNetVariant,
                drop_path_keep_prob: float = 1.0,
+               drop_path_schedule: str = "linear",
                width_multiplier: float = 1.0,
                blocks_per_stage: Optional[Sequence[int]] = None,
                bn_layer: Callable[..., tf_keras.layers.Layer] = (
@@ -81,7 +83,7 @@ class AxialResNet(staged.StagedEncoder):
       # Stride "seen" by each block: the first runs at the input stride.
       block_strides = [input_stride] + [2 * input_stride] * (num_blocks - 1)
       keep_probs = [
-          drop_path.stage_keep_prob(drop_path_keep_prob, "linear",
+          drop_path.stage_keep_prob(drop_path_keep_prob, drop_path_schedule,
                                     int(math.log2(s)) - 1, 4)
           if s >= _DROP_PATH_BEYOND_STRIDE else 1.0 for s in block_strides]
       use_axial = [0 < variant.axial_beyond_stride <= s for s in block_strides]

@@ -19,12 +19,14 @@ from deeplab2_kmax.model.pixel_encoders import convnext
 
 ENCODER_NAMES = tuple(sorted(
     list(axial_resnet.VARIANTS) + list(convnext.VARIANTS)))
+DROP_PATH_SCHEDULES = ("constant", "linear")
 
 
 def build_pixel_encoder(
     name: str,
     *,
     drop_path_keep_prob: float = 1.0,
+    drop_path_schedule: str = "linear",
     width_multiplier: float = 1.0,
     blocks_per_stage: Optional[Sequence[int]] = None,
     use_sync_batch_norm: bool = True,
@@ -35,7 +37,11 @@ def build_pixel_encoder(
   Args:
     name: Backbone name, e.g. "resnet50", "axial_resnet50", "convnext_base".
     drop_path_keep_prob: Keep probability of stochastic depth at the deepest
-      blocks (schedules as in DeepLab2).
+      blocks.
+    drop_path_schedule: "linear": the keep probability falls linearly with
+      depth from 1 to `drop_path_keep_prob` (DeepLab2's kMaX encoders: per
+      stage for ResNets, per block for ConvNeXt); "constant": every block
+      with drop path keeps `drop_path_keep_prob`.
     width_multiplier: Scales every channel count (1.0 = the published model;
       small values give tiny CPU variants through the same code path).
     blocks_per_stage: Overrides the four per-stage depths.
@@ -47,12 +53,16 @@ def build_pixel_encoder(
   if not 0.0 < drop_path_keep_prob <= 1.0:
     raise ValueError("drop_path_keep_prob must be in (0, 1], got "
                      f"{drop_path_keep_prob}.")
+  if drop_path_schedule not in DROP_PATH_SCHEDULES:
+    raise ValueError(f"drop_path_schedule must be one of "
+                     f"{DROP_PATH_SCHEDULES}, got {drop_path_schedule!r}.")
   if width_multiplier <= 0:
     raise ValueError(f"width_multiplier must be > 0, got {width_multiplier}.")
   if name in axial_resnet.VARIANTS:
     return axial_resnet.AxialResNet(
         axial_resnet.VARIANTS[name],
         drop_path_keep_prob=drop_path_keep_prob,
+        drop_path_schedule=drop_path_schedule,
         width_multiplier=width_multiplier,
         blocks_per_stage=blocks_per_stage,
         bn_layer=bn_layer or convolutions.batch_norm_class(
@@ -62,6 +72,7 @@ def build_pixel_encoder(
     return convnext.ConvNeXt(
         convnext.VARIANTS[name],
         drop_path_keep_prob=drop_path_keep_prob,
+        drop_path_schedule=drop_path_schedule,
         width_multiplier=width_multiplier,
         blocks_per_stage=blocks_per_stage,
         name=layer_name)

@@ -155,6 +155,7 @@ class ConvNeXt(staged.StagedEncoder):
   def __init__(self,
                variant: ConvNeXtVariant,
                drop_path_keep_prob: float = 1.0,
+               drop_path_schedule: str = "linear",
                width_multiplier: float = 1.0,
                blocks_per_stage: Optional[Sequence[int]] = None,
                layer_scale_init_value: float = 1e-6,
@@ -165,8 +166,15 @@ class ConvNeXt(staged.StagedEncoder):
       raise ValueError(f"{name}: blocks_per_stage must be 4 positive ints, "
                        f"got {depths}.")
     widths = [int(round(w * width_multiplier)) for w in variant.widths]
-    # Keep probability decreases linearly from 1 over all blocks.
-    keep_probs = np.linspace(1.0, drop_path_keep_prob, sum(depths)).tolist()
+    # 'linear' (DeepLab2's ConvNeXt): from 1 at the first block to
+    # drop_path_keep_prob at the last; 'constant': the same for all.
+    if drop_path_schedule == "linear":
+      keep_probs = np.linspace(1.0, drop_path_keep_prob, sum(depths)).tolist()
+    elif drop_path_schedule == "constant":
+      keep_probs = [drop_path_keep_prob] * sum(depths)
+    else:
+      raise ValueError(f"{name}: unknown drop_path_schedule "
+                       f"{drop_path_schedule!r} ('constant' or 'linear').")
     self._downsamples = []
     self._stages = []
     self.endpoint_channels: Dict[str, int] = {"stage1": widths[0]}
