@@ -1,10 +1,17 @@
-"""Wires model, data, loss, trainer, evaluator and checkpoints (Orbit)."""
+"""Wires model, data, loss, trainer, evaluator and checkpoints (Orbit).
+
+Every run logs its `experiment_name`, writes the config it runs to
+`model_dir/experiment.textproto` and the name and config to the TensorBoard
+text summary `experiment` (of the train summaries, or the eval ones in the
+evaluation modes).
+"""
 
 import os
 from typing import Dict
 from typing import Optional
 
 from absl import logging
+from google.protobuf import text_format
 import orbit
 import tensorflow as tf
 import tf_keras
@@ -13,6 +20,7 @@ from deeplab2_kmax import builders
 from deeplab2_kmax.data import input_pipeline
 from deeplab2_kmax.losses import max_deeplab_loss
 from deeplab2_kmax.trainer import evaluator as evaluator_lib
+from deeplab2_kmax.trainer import initial_checkpoint
 from deeplab2_kmax.trainer import trainer as trainer_lib
 
 MODES = ("train", "eval", "train_and_eval", "continuous_eval")
@@ -55,17 +63,45 @@ def _set_precision(config, strategy):
 
 def _restore_initial_checkpoint(config, model):
   """Loads `initial_checkpoint` (model weights) or backbone weights."""
-  path = config.model_options.initial_checkpoint
+  model_options = config.model_options
+  path = model_options.initial_checkpoint
   if path:
     logging.info("Initialising the model from %s", path)
-    checkpoint = tf.train.Checkpoint(model=model)
-    checkpoint.restore(path).expect_partial()
+    try:
+      initial_checkpoint.restore(
+          model, path, model_options
+          .restore_semantic_last_layer_from_initial_checkpoint)
+    except initial_checkpoint.InitialCheckpointError as e:
+      raise ExperimentError(str(e)) from None
     return
   weights = config.model_options.backbone.pretrained_weights
   if weights:
     logging.info("Initialising the backbone from %s", weights)
     tf.train.Checkpoint(encoder=model.encoder).restore(
         weights).expect_partial()
+
+
+EXPERIMENT_FILE = "experiment.textproto"
+
+
+def record_experiment(config, model_dir: str, mode: str, step: int):
+  """Logs the experiment and writes its config and text summary."""
+  name = config.experiment_name or "(unnamed)"
+  logging.info("Experiment %s: %s in %s from step %d", name, mode, model_dir,
+               step)
+  text = text_format.MessageToString(config)
+  with open(os.path.join(model_dir, EXPERIMENT_FILE), "w",
+            encoding="utf-8") as f:
+    f.write(f"# experiment_name: {name}\n# mode: {mode}\n{text}")
+  summary_dir = os.path.join(model_dir, "eval" if mode in (
+      "eval", "continuous_eval") else "train")
+  writer = tf.summary.create_file_writer(summary_dir)
+  with writer.as_default():
+    # Markdown: the config as a code block (indented four spaces).
+    config_block = "\n".join("    " + line for line in text.splitlines())
+    tf.summary.text("experiment", f"**{name}** ({mode})\n\n{config_block}",
+                    step=step)
+  writer.close()
 
 
 def worker_write_dir(strategy: tf.distribute.Strategy, model_dir: str) -> str:
@@ -160,8 +196,14 @@ def run_experiment(config, model_dir: str, mode: str = "train_and_eval",
       summary_interval=trainer_options.save_summaries_steps,
       summary_dir=os.path.join(model_dir, "train"),
       eval_summary_dir=os.path.join(model_dir, "eval"))
+  record_experiment(config, model_dir, mode, int(global_step.numpy()))
+  return _run(controller, manager, config, model, model_dir, mode)
 
-  total_steps = trainer_options.solver_options.training_number_of_steps
+
+def _run(controller, manager, config, model, model_dir: str, mode: str
+         ) -> Dict[str, float]:
+  """Runs `mode` with the controller; returns the last metrics (if any)."""
+  total_steps = config.trainer_options.solver_options.training_number_of_steps
   eval_steps = config.evaluator_options.eval_steps
   eval_steps = None if eval_steps is None or eval_steps < 0 else eval_steps
   if mode == "train":
