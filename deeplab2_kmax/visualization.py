@@ -134,3 +134,70 @@ def cluster_panels(per_layer_mask_logits: Sequence[np.ndarray],
 
 def save_png(array: np.ndarray, path: str):
   Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+
+
+def prediction_strip(image: np.ndarray, panoptic_label: np.ndarray,
+                     panoptic_prediction: np.ndarray, label_divisor: int,
+                     colormap: Colormap,
+                     ignore_label: Optional[int] = None) -> np.ndarray:
+  """image | ground truth | prediction, the panoptic maps over the image.
+
+  Args:
+    image: [H, W, 3] RGB.
+    panoptic_label: [H, W] ground-truth panoptic ids (class * divisor + id).
+    panoptic_prediction: [H, W] predicted panoptic ids.
+    label_divisor: The dataset's panoptic label divisor.
+    colormap: One RGB colour per class.
+    ignore_label: Void class (drawn black).
+
+  Returns:
+    [H, 3 * W + gaps, 3] uint8.
+  """
+  image = np.clip(np.asarray(image, np.float32), 0, 255).astype(np.uint8)
+  panels = [image]
+  for panoptic in (panoptic_label, panoptic_prediction):
+    colored = colorize_panoptic(panoptic, label_divisor, colormap,
+                                ignore_label)
+    panels.append(overlay(image, colored,
+                          boundaries=segment_boundaries(panoptic)))
+  return hstack_panels(panels)
+
+
+def training_panels(images: np.ndarray, semantic_labels: np.ndarray,
+                    mask_logits: np.ndarray, class_logits: np.ndarray,
+                    class_ids: Sequence[int], ignore_label: int,
+                    colormap: Colormap) -> np.ndarray:
+  """Per image: image | label | predicted semantic | cluster assignment.
+
+  The predicted semantic map gives every pixel the class of the cluster
+  centre it is assigned to (argmax of the mask logits), the centre's class
+  being the argmax of its class logits (the void logit -> `ignore_label`).
+
+  Args:
+    images: [B, H, W, 3] RGB.
+    semantic_labels: [B, H, W] (or [B, H, W, 1]) ground-truth class ids.
+    mask_logits: [B, h, w, N].
+    class_logits: [B, N, C + 1], classes in `class_ids` order, void last.
+    class_ids: The dataset class id of each class logit.
+    ignore_label: The void class id.
+    colormap: One RGB colour per class id.
+
+  Returns:
+    [B, H, 4 * W + gaps, 3] uint8.
+  """
+  to_class = np.asarray(list(class_ids) + [ignore_label], np.int64)
+  strips = []
+  for image, label, masks, classes in zip(images, semantic_labels,
+                                          mask_logits, class_logits):
+    image = np.clip(np.asarray(image, np.float32), 0, 255).astype(np.uint8)
+    size = image.shape[:2]
+    label = np.reshape(label, size)
+    assignment = cluster_assignment(masks)
+    predicted = to_class[np.argmax(classes, axis=-1)][assignment]
+    panels = [image]
+    for semantic in (label, resize_nearest(predicted, size)):
+      panels.append(colorize_panoptic(semantic, 1, colormap, ignore_label))
+    panels.append(resize_nearest(
+        colorize_assignment(assignment, masks.shape[-1]), size))
+    strips.append(hstack_panels(panels))
+  return np.stack(strips)

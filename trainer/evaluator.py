@@ -11,9 +11,13 @@ truth with vectorised NumPy:
   COCO mask AP (`coco_ap`) with DeepLab2's score, class confidence x mean
     mask probability, under DeepLab2's names (`AP_Mask`, and the 11 other
     COCOeval stats with `detailed_ap_metrics`).
-Saved predictions are the same original-size maps.
+Saved predictions are the same original-size maps: with `save_predictions`
+the whole split in the official format and `num_vis_samples` visualisations
+(`visualization.prediction_strip`) per evaluation, with
+`save_raw_predictions` DeepLab2's raw files (`raw_predictions`).
 """
 
+import os
 from typing import Dict
 
 import numpy as np
@@ -21,9 +25,11 @@ import orbit
 import tensorflow as tf
 
 from deeplab2_kmax import common
+from deeplab2_kmax import visualization
 from deeplab2_kmax.evaluation import coco_instance_ap
 from deeplab2_kmax.evaluation import mean_iou
 from deeplab2_kmax.evaluation import panoptic_quality
+from deeplab2_kmax.evaluation import raw_predictions
 from deeplab2_kmax.post_processing import undo_preprocessing
 
 # The post-processed maps the metrics and the writers read.
@@ -51,8 +57,13 @@ class KMaXEvaluator(orbit.StandardEvaluator):
     self._miou = None
     self._ap = None
     self._writer = None
+    self._raw_writer = None
+    self._vis_dir = None
+    self._vis_left = 0
+    self._options = options
+    self._renders = options.save_predictions and options.num_vis_samples > 0
     self._save_dir = None
-    if options.save_predictions:
+    if options.save_predictions or options.save_raw_predictions:
       self._save_dir = options.override_save_dir or model_dir
     self._global_step = global_step
     self._predict = tf.function(self._predict_fn,
@@ -73,13 +84,30 @@ class KMaXEvaluator(orbit.StandardEvaluator):
     self._miou = mean_iou.MeanIoU(info.num_classes, info.ignore_label)
     self._ap = (coco_instance_ap.InstanceAP(info)
                 if "coco_ap" in self._metrics_wanted else None)
-    if self._save_dir:
-      self._writer = self._make_writer()
+    step = int(self._global_step.numpy()) if self._global_step is not None else 0
+    if self._options.save_predictions:
+      self._writer = self._make_writer(step)
+      self._vis_left = self._options.num_vis_samples
+      self._vis_dir = os.path.join(self._save_dir, f"vis_step{step}")
+    if self._options.save_raw_predictions:
+      self._raw_writer = self._make_raw_writer()
 
-  def _make_writer(self):
+  def _make_raw_writer(self):
+    class_map = None
+    if self._options.convert_raw_to_eval_ids:
+      if self._info.name != "cityscapes_panoptic":
+        raise ValueError(
+            "evaluator_options.convert_raw_to_eval_ids: "
+            f"{self._info.name} has no evaluation ids; set it to false")
+      from deeplab2_kmax.evaluation import writers  # pylint: disable=g-import-not-at-top
+      class_map = writers.CITYSCAPES_TRAIN_ID_TO_LABEL_ID
+    return raw_predictions.RawPredictionWriter(
+        self._save_dir, self._info.panoptic_label_divisor,
+        self._options.raw_panoptic_format, class_map)
+
+  def _make_writer(self, step: int):
     from deeplab2_kmax.evaluation import writers  # pylint: disable=g-import-not-at-top
     info = self._info
-    step = int(self._global_step.numpy()) if self._global_step is not None else 0
     name = f"predictions_step{step}"
     if info.name == "cityscapes_panoptic":
       return writers.CityscapesPanopticWriter(
@@ -96,6 +124,8 @@ class KMaXEvaluator(orbit.StandardEvaluator):
     def step_fn(batch):
       outputs = self._predict(batch[common.IMAGE])
       outputs.update({key: batch[key] for key in _GROUND_TRUTH})
+      if self._renders:  # The images travel only when rendered.
+        outputs[common.IMAGE] = batch[common.IMAGE]
       return outputs
     outputs = self._strategy.run(step_fn, args=(next(iterator),))
     return tf.nest.map_structure(
@@ -113,9 +143,26 @@ class KMaXEvaluator(orbit.StandardEvaluator):
           outputs[common.RESIZED_SIZE][i], (height, width))
       maps = {key: value[0].numpy() for key, value in maps.items()}
       gt = outputs[common.GT_PANOPTIC_RAW][i, :height, :width]
-      self._score(gt, maps,
-                  name.decode() if isinstance(name, bytes) else name)
+      name = name.decode() if isinstance(name, bytes) else name
+      self._score(gt, maps, name)
+      if common.IMAGE in outputs and self._vis_left > 0:
+        resized = outputs[common.RESIZED_SIZE][i]
+        self._visualise(outputs[common.IMAGE][i, :resized[0], :resized[1]],
+                        gt, maps[common.PRED_PANOPTIC_KEY], name)
     return state
+
+  def _visualise(self, image, gt, panoptic, name: str):
+    """Writes image | ground truth | prediction at the original size."""
+    index = self._options.num_vis_samples - self._vis_left
+    self._vis_left -= 1
+    os.makedirs(self._vis_dir, exist_ok=True)
+    strip = visualization.prediction_strip(
+        visualization.resize_nearest(image, gt.shape), gt, panoptic,
+        self._info.panoptic_label_divisor, self._info.colormap,
+        self._info.ignore_label)
+    stem = os.path.splitext(os.path.basename(name))[0]
+    visualization.save_png(
+        strip, os.path.join(self._vis_dir, f"{index:06d}_{stem}.png"))
 
   def _score(self, gt: np.ndarray, maps: Dict[str, np.ndarray], name: str):
     """Updates the metrics (and the writer) with one original-size image."""
@@ -131,11 +178,16 @@ class KMaXEvaluator(orbit.StandardEvaluator):
       self._writer.add(name, panoptic, coco_instance_ap.segment_scores(
           panoptic, *scores, self._info.panoptic_label_divisor,
           self._info.ignore_label))
+    if self._raw_writer is not None:
+      self._raw_writer.add(name, panoptic,
+                           maps[common.PRED_DENSE_SEMANTIC_KEY])
 
   def eval_end(self, state=None) -> Dict[str, float]:
     if self._writer is not None:
       self._writer.close()
       self._writer = None
+    self._raw_writer = None
+    self._vis_left = 0
     results = {}
     if "panoptic_quality" in self._metrics_wanted:
       results.update({k: v for k, v in self._pq.result().items()
