@@ -1,4 +1,10 @@
-"""The training loop body (Orbit `StandardTrainer`)."""
+"""The training loop body (Orbit `StandardTrainer`).
+
+With `save_prediction_images_steps` N > 0, every N steps the step's own
+predictions on its first images are written to the train summaries (image
+`predictions`: image | ground-truth semantic | predicted semantic | cluster
+assignment, `visualization.training_panels`); no extra forward pass.
+"""
 
 import math
 import time
@@ -9,12 +15,18 @@ import orbit
 import tensorflow as tf
 import tf_keras
 
+from deeplab2_kmax import builders
 from deeplab2_kmax import common
+from deeplab2_kmax import visualization
 from deeplab2_kmax.losses import max_deeplab_loss
 from deeplab2_kmax.trainer import optimization
 
 _GT_KEYS = (common.GT_SEMANTIC_KEY, common.GT_THING_ID_MASK_KEY,
             common.GT_THING_ID_CLASS_KEY, common.SEMANTIC_LOSS_WEIGHT_KEY)
+# What a prediction-image summary renders, and how many images.
+_IMAGE_KEYS = (common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY,
+               common.PRED_TRANSFORMER_CLASS_LOGITS_KEY)
+MAX_SUMMARY_IMAGES = 3
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -42,6 +54,13 @@ class KMaXTrainer(orbit.StandardTrainer):
       self._loss_metrics: Dict[str, object] = {}
     self._rest_vars, self._backbone_vars = optimization.split_variables(model)
     self._learning_rate = optimization.learning_rate_schedule(solver)
+    self._image_steps = config.trainer_options.save_prediction_images_steps
+    if self._image_steps > 0:
+      info = builders.dataset_info(config)
+      things, stuff = builders.class_ids(info)
+      self._render = lambda *maps: visualization.training_panels(  # pylint: disable=g-long-lambda
+          *maps, list(things) + list(stuff), info.ignore_label,
+          info.colormap)
     self._compute = self._losses_and_gradients
     if config.trainer_options.jit_compile:
       self._compute = tf.function(self._losses_and_gradients,
@@ -82,11 +101,24 @@ class KMaXTrainer(orbit.StandardTrainer):
     if self._solver.use_gradient_clipping:
       gradients, _ = tf.clip_by_global_norm(gradients,
                                             self._solver.clip_gradient_norm)
-    return losses, gradients
+    return losses, gradients, {key: outputs[key] for key in _IMAGE_KEYS}
+
+  def _write_images(self, batch, predictions):
+    """The `predictions` image summary of the batch's first images."""
+    count = MAX_SUMMARY_IMAGES
+    maps = [batch[common.IMAGE][:count], batch[common.GT_SEMANTIC_KEY][:count]]
+    maps += [predictions[key][:count] for key in _IMAGE_KEYS]
+    panels = tf.numpy_function(self._render, maps, tf.uint8)
+    # Orbit records summaries every save_summaries_steps; these have their
+    # own interval. No name scope: the tag is not prefixed with "cond/".
+    with tf.summary.record_if(True), (
+        tf.compat.v1.get_default_graph().name_scope(None)):
+      return tf.summary.image("predictions", panels, step=self._global_step,
+                              max_outputs=count)
 
   def train_step(self, iterator):
     def step_fn(batch):
-      losses, gradients = self._compute(batch)
+      losses, gradients, predictions = self._compute(batch)
       split = len(self._rest_vars)
       self.optimizer.apply_gradients(
           zip(gradients[:split], self._rest_vars))
@@ -95,9 +127,17 @@ class KMaXTrainer(orbit.StandardTrainer):
             zip(gradients[split:], self._backbone_vars))
       for name, value in losses.items():
         self._loss_metrics[name].update_state(value)
+      return {key: batch[key] for key in (common.IMAGE,
+                                          common.GT_SEMANTIC_KEY)}, predictions
 
-    self._strategy.run(step_fn, args=(next(iterator),))
+    outputs = self._strategy.run(step_fn, args=(next(iterator),))
     self._global_step.assign_add(1)
+    if self._image_steps > 0:
+      batch, predictions = tf.nest.map_structure(
+          lambda x: self._strategy.experimental_local_results(x)[0], outputs)
+      tf.cond(self._global_step % self._image_steps == 0,
+              lambda: self._write_images(batch, predictions),
+              lambda: tf.constant(False))
 
   def train_loop_end(self):
     step = int(self._global_step.numpy())
