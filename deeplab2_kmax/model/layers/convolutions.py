@@ -120,7 +120,7 @@ class Conv2DBN(_NormActMixin, tf_keras.layers.Layer):
     if self._pad is not None:
       begin, end = self._pad
       x = tf.pad(x, [[0, 0], [begin, end], [begin, end], [0, 0]])
-    if self._pad is None and self._atrous_rate > 1:
+    if self._pad is None and self._atrous_rate > 1 and self._conv.built:
       rows, cols = (_live_taps(self._kernel_size, self._atrous_rate, n)
                     for n in x.shape[1:3])
       if (rows.stop - rows.start) * (cols.stop - cols.start) < (
@@ -130,9 +130,9 @@ class Conv2DBN(_NormActMixin, tf_keras.layers.Layer):
 
   def _conv_live_taps(self, x, rows: slice, cols: slice):
     """The same convolution with the taps that read only padding left out
-    (a large speed-up for atrous convolutions on small maps)."""
-    if not self._conv.built:
-      self._conv.build(x.shape)
+    (a large speed-up for atrous convolutions on small maps). The first call
+    runs the full convolution, so that Keras creates the variables (with
+    their names and under any distribution strategy) as usual."""
     kernel = self._conv.kernel[rows, cols]
     y = tf.nn.conv2d(x, tf.cast(kernel, x.dtype), strides=1, padding="SAME",
                      dilations=self._atrous_rate)
