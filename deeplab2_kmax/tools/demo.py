@@ -29,12 +29,12 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from deeplab2_kmax import common
 from deeplab2_kmax import config_loader
 from deeplab2_kmax import visualization
 from deeplab2_kmax.data import build_synthetic_data
 from deeplab2_kmax.data import dataset_registry
 from deeplab2_kmax.data import input_pipeline
+from deeplab2_kmax.data import tfrecord
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -112,21 +112,17 @@ def load_demo_config(config_file: str, data_dir: str,
 
 
 def validation_examples(config, count: int) -> List[Dict[str, np.ndarray]]:
-  """The first `count` validation images with their raw panoptic GT."""
-  info = dataset_registry.get(config.eval_dataset_options.dataset)
-  dataset = input_pipeline.build_dataset(
-      info, config.eval_dataset_options.file_pattern, batch_size=1,
-      crop_size=tuple(config.eval_dataset_options.crop_size),
-      is_training=False, shuffle=False, repeat=False)
+  """The first `count` validation images and panoptic labels, as stored."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  files = input_pipeline.list_files(
+      list(config.eval_dataset_options.file_pattern))
   examples = []
-  for batch in dataset.take(count):
-    height, width = (int(v) for v in batch[common.GT_SIZE_RAW][0].numpy()[:2])
-    image = batch[common.IMAGE][0].numpy()[:height, :width]
-    examples.append({
-        "name": batch[common.IMAGE_NAME][0].numpy().decode(),
-        "image": np.clip(np.round(image), 0, 255).astype(np.uint8),
-        "panoptic": batch[common.GT_PANOPTIC_RAW][0].numpy()[:height, :width],
-    })
+  for record in tf.data.TFRecordDataset(files).take(count):
+    example = tfrecord.decode_example(record)
+    examples.append({"name": example["name"].numpy().decode(),
+                     "image": example["image"].numpy(),
+                     "panoptic": example["label"].numpy()})
   return examples
 
 
@@ -214,18 +210,23 @@ def run_demo(output_dir: str, config_file: str = DEFAULT_CONFIG,
 
 
 def _summary(result: Dict[str, object]) -> str:
+  """The closing report; its last line is the one-line summary."""
   metrics = result["metrics"]
-  lines = ["", "kMaX-DeepLab demo finished in "
-           f"{result['seconds'] / 60:.1f} min."]
-  for key, label in (("PQ", "PQ"), ("PQ_Th", "PQ^Th"), ("PQ_St", "PQ^St"),
-                     ("AP_Mask", "AP"), ("mIoU", "mIoU")):
-    if key in metrics:
-      lines.append(f"  {label:6s} {100 * metrics[key]:.1f}")
+  lines = [""]
   if "saved_model" in result:
-    lines.append(f"  SavedModel: {result['saved_model']}")
-    lines.append(f"  Renders:    {os.path.dirname(result['renders'][0])} "
-                 f"({len(result['renders'])} PNGs)")
-  lines.append(f"  Checkpoints and TensorBoard logs: {result['model_dir']}")
+    lines.append(f"SavedModel: {result['saved_model']}")
+  lines.append(f"Checkpoints and TensorBoard logs: {result['model_dir']}")
+  scores = ", ".join(
+      f"{label} {100 * metrics[key]:.1f}"
+      for key, label in (("PQ", "PQ"), ("PQ_Th", "PQ^Th"), ("PQ_St", "PQ^St"),
+                         ("AP_Mask", "AP"), ("mIoU", "mIoU"))
+      if key in metrics)
+  summary = [f"kMaX-DeepLab demo: {scores}",
+             f"{result['seconds'] / 60:.1f} min"]
+  if result.get("renders"):
+    summary.append(f"renders: {os.path.dirname(result['renders'][0])} "
+                   f"({len(result['renders'])} PNGs)")
+  lines.append(" | ".join(summary))
   return "\n".join(lines)
 
 

@@ -44,3 +44,30 @@ def test_cluster_panels_are_the_argmax_of_each_layer(tmp_path):
   expected = visualization.hstack_panels(panels)
   written = np.asarray(Image.open(paths[1]).convert("RGB"))
   np.testing.assert_array_equal(written, expected)
+
+
+def test_validation_examples_are_the_stored_originals(tmp_path):
+  from deeplab2_kmax.data import build_synthetic_data  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.data import synthetic  # pylint: disable=g-import-not-at-top
+  data = str(tmp_path / "data")
+  build_synthetic_data.build(data, num_train=1, num_val=3, seed=5,
+                             num_shards=1, image_size=40, progress=False)
+  config = utils.tiny_config(data)
+  examples = demo.validation_examples(config, 2)
+  assert [e["name"] for e in examples] == ["val_000000", "val_000001"]
+  for index, example in enumerate(examples):
+    expected = synthetic.generate(5, "val", index, image_size=40)
+    np.testing.assert_array_equal(example["image"], expected.image)
+    np.testing.assert_array_equal(example["panoptic"], expected.panoptic)
+
+
+def test_summary_ends_with_one_line_of_figures():
+  text = demo._summary({  # pylint: disable=protected-access
+      "metrics": {"PQ": 0.612, "PQ_Th": 0.47, "PQ_St": 0.851,
+                  "AP_Mask": 0.302, "mIoU": 0.7},
+      "seconds": 754.0, "model_dir": "out/model",
+      "saved_model": "out/saved_model",
+      "renders": ["out/render/a.png", "out/render/a_clusters.png"]})
+  assert text.splitlines()[-1] == (
+      "kMaX-DeepLab demo: PQ 61.2, PQ^Th 47.0, PQ^St 85.1, AP 30.2, "
+      "mIoU 70.0 | 12.6 min | renders: out/render (2 PNGs)")
