@@ -18,17 +18,23 @@ PRED_SEMANTIC_LOGITS_KEY = "semantic_logits"
 # semantic logits (deep supervision).
 PRED_AUXILIARY_OUTPUTS = "auxiliary_outputs"
 
-# Post-processed predictions.
+# Post-processed predictions. Panoptic, semantic and the two score maps mean
+# what DeepLab2's keys of the same names mean for kMaX-DeepLab.
+# [B, H, W] int32 semantic x label_divisor + instance (void: void x divisor).
 PRED_PANOPTIC_KEY = "panoptic_pred"
+# [B, H, W] int32 class of each pixel's argmax slot: no thresholds, no area
+# limits, no void (DeepLab2's threshold-free pass; the map mIoU scores).
 PRED_SEMANTIC_KEY = "semantic_pred"
+# [B, H, W] int32 instance id of the panoptic map (0 on stuff and void);
+# DeepLab2's is its intermediate pasted-slot map instead.
 PRED_INSTANCE_KEY = "instance_pred"
-# [B, H, W] class confidence of the slot pasted at the pixel (0 if none).
+# [B, H, W] float32 max over slots of the mask probability (0 everywhere
+# when no slot passes a class threshold).
 PRED_INSTANCE_SCORES_KEY = "instance_scores"
-# [B, H, W] max over slots of the mask probability.
-PRED_SEMANTIC_PROBS_KEY = "semantic_probs"
-# Every pixel takes the class of its argmax slot (no thresholds, no void):
-# DeepLab2's semantic prediction for mIoU.
-PRED_DENSE_SEMANTIC_KEY = "dense_semantic_pred"
+# [B, H, W] float32 class confidence of the slot pasted at the pixel, before
+# the area limits (0 where none is). A segment's AP score is the product of
+# the two score maps' means over it.
+PRED_SEMANTIC_SCORES_KEY = "semantic_scores"
 
 # Ground truth produced by the input pipeline.
 IMAGE = "image"

@@ -43,9 +43,9 @@ def segment_scores(panoptic: np.ndarray, class_confidence: np.ndarray,
   Args:
     panoptic: [H, W] predicted panoptic map.
     class_confidence: [H, W] class confidence of the slot pasted at each
-      pixel (the post-processor's `instance_scores`).
+      pixel (the post-processor's `semantic_scores`).
     mask_confidence: [H, W] max mask probability over slots (the
-      post-processor's `semantic_probs`).
+      post-processor's `instance_scores`).
     label_divisor: Panoptic label divisor.
     void_label: Semantic label of void pixels (not a segment).
 

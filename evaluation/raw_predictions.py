@@ -1,7 +1,8 @@
 """Raw predictions in DeepLab2's files (`evaluator_options.save_raw_predictions`).
 
 For every image, at its original size:
-  raw_semantic/NAME.png: the semantic map, one uint8 class id per pixel;
+  raw_semantic/NAME.png: the semantic prediction (`semantic_pred`, the
+    threshold-free map, as DeepLab2 writes), one uint8 class id per pixel;
   raw_panoptic/NAME.png (or NAME.npy): the panoptic map, class id and
     instance id (panoptic // divisor, panoptic % divisor) in one of DeepLab2's
     `raw_panoptic_format`s:

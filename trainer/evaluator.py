@@ -7,7 +7,7 @@ image's maps are then mapped back to the original image
 DeepLab2 and the SavedModel) and scored against the original-size ground
 truth with vectorised NumPy:
   PQ / SQ / RQ (all, things, stuff) on the panoptic map;
-  mIoU on the dense semantic map (every pixel gets a class, as DeepLab2);
+  mIoU on `semantic_pred` (every pixel gets a class, as DeepLab2);
   COCO mask AP (`coco_ap`) with DeepLab2's score, class confidence x mean
     mask probability, under DeepLab2's names (`AP_Mask`, and the 11 other
     COCOeval stats with `detailed_ap_metrics`).
@@ -33,8 +33,8 @@ from deeplab2_kmax.evaluation import raw_predictions
 from deeplab2_kmax.post_processing import undo_preprocessing
 
 # The post-processed maps the metrics and the writers read.
-_MAPS = (common.PRED_PANOPTIC_KEY, common.PRED_DENSE_SEMANTIC_KEY,
-         common.PRED_INSTANCE_SCORES_KEY, common.PRED_SEMANTIC_PROBS_KEY)
+_MAPS = (common.PRED_PANOPTIC_KEY, common.PRED_SEMANTIC_KEY,
+         common.PRED_SEMANTIC_SCORES_KEY, common.PRED_INSTANCE_SCORES_KEY)
 _GROUND_TRUTH = (common.GT_PANOPTIC_RAW, common.GT_SIZE_RAW,
                  common.RESIZED_SIZE, common.IMAGE_NAME)
 
@@ -169,9 +169,10 @@ class KMaXEvaluator(orbit.StandardEvaluator):
     panoptic = maps[common.PRED_PANOPTIC_KEY]
     self._pq.update(gt, panoptic)
     self._miou.update(gt // self._info.panoptic_label_divisor,
-                      maps[common.PRED_DENSE_SEMANTIC_KEY])
-    scores = (maps[common.PRED_INSTANCE_SCORES_KEY],
-              maps[common.PRED_SEMANTIC_PROBS_KEY])
+                      maps[common.PRED_SEMANTIC_KEY])
+    # (class confidence, mask confidence) maps, as `coco_instance_ap` takes.
+    scores = (maps[common.PRED_SEMANTIC_SCORES_KEY],
+              maps[common.PRED_INSTANCE_SCORES_KEY])
     if self._ap is not None:
       self._ap.update(gt, panoptic, *scores)
     if self._writer is not None:
@@ -179,8 +180,7 @@ class KMaXEvaluator(orbit.StandardEvaluator):
           panoptic, *scores, self._info.panoptic_label_divisor,
           self._info.ignore_label))
     if self._raw_writer is not None:
-      self._raw_writer.add(name, panoptic,
-                           maps[common.PRED_DENSE_SEMANTIC_KEY])
+      self._raw_writer.add(name, panoptic, maps[common.PRED_SEMANTIC_KEY])
 
   def eval_end(self, state=None) -> Dict[str, float]:
     if self._writer is not None:

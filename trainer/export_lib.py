@@ -7,10 +7,11 @@ resize_factor, the cap never above the export crop, then pad with 127.5),
 runs the model and the mask-wise merging (XLA-compiled when
 `export_options.jit_compile`), and maps the results back to H x W with the
 evaluator's `undo_preprocessing.to_original_size`:
-  panoptic_pred, semantic_pred, instance_pred, dense_semantic_pred: int32
-    [1, H, W]
-  semantic_probs (max mask probability), instance_scores (class confidence
+  panoptic_pred, semantic_pred (the threshold-free map: each pixel's argmax
+    slot's class), instance_pred: int32 [1, H, W]
+  instance_scores (max mask probability), semantic_scores (class confidence
     of the pasted slot): float32 [1, H, W]
+  (the keys and meanings of DeepLab2's kMaX-DeepLab SavedModel)
   cluster_assignments: int32 [1, L, h, w], the argmax over cluster centres of
     each kMaX layer at the feature resolution (paper Fig. 4)
   (+ pixel_space_mask_logits / transformer_class_logits with

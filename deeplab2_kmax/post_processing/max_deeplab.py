@@ -17,13 +17,19 @@ and a SavedModel. Per image:
      `_paste_by_pair_counts`; the maps are the same);
   5. thing segments smaller than `thing_area_limit` and stuff classes smaller
      than `stuff_area_limit` become void.
-Outputs: panoptic = semantic x label_divisor + instance (instance = 1 + rank
-of the slot among the sorted slots, things only), semantic, instance,
-per-pixel confidence (max mask probability) and the pasted slot's class
-confidence (the two maps DeepLab2 multiplies into an instance's AP score).
-Besides, as DeepLab2 (a second, threshold-free pixel-wise pass of its
-post-processor), a dense semantic map for mIoU: every pixel takes the class
-of the slot with the largest resized mask logit, so no pixel is void.
+Outputs, under DeepLab2's keys with DeepLab2's meanings (`common`):
+  panoptic_pred: class x label_divisor + instance, where instance = 1 +
+    rank of the slot among the sorted slots (things only), void where no
+    slot is pasted or an area limit applies;
+  semantic_pred: as DeepLab2's second, threshold-free pixel-wise pass, every
+    pixel takes the class of the slot with the largest resized mask logit
+    (no thresholds, no area limits, no void); mIoU is computed on it;
+  instance_pred: the panoptic map's instance ids;
+  instance_scores: max mask probability over slots (0 without detections);
+  semantic_scores: class confidence of the slot pasted at the pixel, before
+    the area limits (0 where none is).
+An instance's AP score is mean(semantic_scores) x mean(instance_scores)
+over its segment, as DeepLab2's.
 """
 
 from typing import Dict
@@ -110,7 +116,7 @@ class MaskWiseMerging:
     logits = resized_fuse.resize_bilinear_align_corners(mask_logits,
                                                         [height, width])
     # DeepLab2's semantic prediction: the argmax slot's class at every pixel.
-    dense_semantic = tf.gather(class_ids, tf.gather(
+    semantic_pred = tf.gather(class_ids, tf.gather(
         slot_class[0], tf.argmax(logits, axis=-1, output_type=tf.int32),
         batch_dims=1))
     probs = tf.nn.softmax(logits, axis=-1)
@@ -142,13 +148,15 @@ class MaskWiseMerging:
     semantic = tf.where(kept, semantic, self._void_label)
     instance = tf.where(kept, instance, 0)
     panoptic = semantic * self._label_divisor + instance
+    # As DeepLab2, both score maps are all 0 when no slot is confident.
+    mask_score = tf.where(any_detection[:, tf.newaxis, tf.newaxis],
+                          tf.reduce_max(probs, axis=-1), 0.0)
     return {
         common.PRED_PANOPTIC_KEY: panoptic,
-        common.PRED_SEMANTIC_KEY: semantic,
+        common.PRED_SEMANTIC_KEY: semantic_pred,
         common.PRED_INSTANCE_KEY: instance,
-        common.PRED_DENSE_SEMANTIC_KEY: dense_semantic,
-        common.PRED_SEMANTIC_PROBS_KEY: tf.reduce_max(probs, axis=-1),
-        common.PRED_INSTANCE_SCORES_KEY: tf.where(kept, class_score, 0.0),
+        common.PRED_INSTANCE_SCORES_KEY: mask_score,
+        common.PRED_SEMANTIC_SCORES_KEY: class_score,
         PRED_MASK_ID_KEY: tf.where(kept, canvas, 0),
     }
 

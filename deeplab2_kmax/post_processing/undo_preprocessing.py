@@ -22,8 +22,8 @@ from deeplab2_kmax import common
 # Post-processed [B, H, W] maps that are mapped back to the original image.
 PER_PIXEL_KEYS = (
     common.PRED_PANOPTIC_KEY, common.PRED_SEMANTIC_KEY,
-    common.PRED_INSTANCE_KEY, common.PRED_DENSE_SEMANTIC_KEY,
-    common.PRED_SEMANTIC_PROBS_KEY, common.PRED_INSTANCE_SCORES_KEY)
+    common.PRED_INSTANCE_KEY, common.PRED_INSTANCE_SCORES_KEY,
+    common.PRED_SEMANTIC_SCORES_KEY)
 
 
 def to_original_size(maps: Mapping[str, tf.Tensor], resized_size,

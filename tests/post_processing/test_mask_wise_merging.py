@@ -1,4 +1,10 @@
-"""Mask-wise merging against a NumPy re-implementation (SPEC §4)."""
+"""Mask-wise merging against a NumPy re-implementation (SPEC §4).
+
+Every output key is checked for the meaning DeepLab2's key of the same name
+has: `semantic_pred` the threshold-free argmax-slot class, `instance_scores`
+the max mask probability, `semantic_scores` the pasted slot's class
+confidence.
+"""
 
 import numpy as np
 import pytest
@@ -18,7 +24,12 @@ def _softmax(x):
 
 def _reference(mask_logits, class_logits, resized_logits, *, pixel_t, thing_t,
                stuff_t, overlap, thing_limit, stuff_limit):
-  """Straightforward per-image loops over slots and pixels."""
+  """Straightforward per-image loops over slots and pixels.
+
+  Returns:
+    (panoptic map, class confidence of the slot pasted at each pixel before
+    the area limits, 0 where none is).
+  """
   ids = THINGS + STUFF
   class_probs = _softmax(class_logits)[:, :-1]
   pred = class_probs.argmax(-1)
@@ -39,6 +50,8 @@ def _reference(mask_logits, class_logits, resized_logits, *, pixel_t, thing_t,
     free = mask & (canvas == 0)
     if free.sum() > mask.sum() * overlap:
       canvas[free] = rank + 1
+  pasted_confidence = np.where(
+      canvas > 0, np.array([conf[n] for n in order])[canvas - 1], 0.0)
   semantic = np.full(canvas.shape, VOID)
   instance = np.zeros(canvas.shape, np.int64)
   for rank, n in enumerate(order):
@@ -56,7 +69,7 @@ def _reference(mask_logits, class_logits, resized_logits, *, pixel_t, thing_t,
     region = (semantic == cls) & (instance == 0)
     if region.any() and region.sum() < stuff_limit:
       semantic[region] = VOID
-  return semantic * DIVISOR + instance
+  return semantic * DIVISOR + instance, pasted_confidence
 
 
 def _resize(logits, size):
@@ -86,14 +99,28 @@ def test_matches_numpy_reference(seed, pixel_t):
   outputs = {common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY: mask_logits[None],
              common.PRED_TRANSFORMER_CLASS_LOGITS_KEY: class_logits[None]}
   result = merging(outputs, (33, 41))
-  expected = _reference(mask_logits, class_logits,
-                        _resize(mask_logits, (33, 41)), **settings)
+  resized = _resize(mask_logits, (33, 41))
+  expected, pasted_confidence = _reference(mask_logits, class_logits, resized,
+                                           **settings)
   np.testing.assert_array_equal(result[common.PRED_PANOPTIC_KEY][0].numpy(),
                                 expected)
-  np.testing.assert_array_equal(result[common.PRED_SEMANTIC_KEY][0].numpy(),
-                                expected // DIVISOR)
   np.testing.assert_array_equal(result[common.PRED_INSTANCE_KEY][0].numpy(),
                                 expected % DIVISOR)
+  # DeepLab2's meanings: semantic_pred is each pixel's argmax slot's class;
+  # instance_scores the max mask probability (some slot passes a class
+  # threshold here); semantic_scores the pasted slot's class confidence.
+  class_probs = _softmax(class_logits)[:, :-1]
+  assert class_probs.max() >= min(settings["thing_t"], settings["stuff_t"])
+  slot_class = np.array(THINGS + STUFF)[class_probs.argmax(-1)]
+  np.testing.assert_array_equal(result[common.PRED_SEMANTIC_KEY][0].numpy(),
+                                slot_class[resized.argmax(-1)])
+  np.testing.assert_allclose(
+      result[common.PRED_INSTANCE_SCORES_KEY][0].numpy(),
+      _softmax(resized).max(-1), rtol=0, atol=1e-6)
+  assert (pasted_confidence > 0).any() and (pasted_confidence == 0).any()
+  np.testing.assert_allclose(
+      result[common.PRED_SEMANTIC_SCORES_KEY][0].numpy(), pasted_confidence,
+      rtol=0, atol=1e-6)
   xla = tf.function(lambda o: merging(o, (33, 41)), jit_compile=True)
   np.testing.assert_array_equal(xla(outputs)[common.PRED_PANOPTIC_KEY].numpy(),
                                 result[common.PRED_PANOPTIC_KEY].numpy())
@@ -158,8 +185,15 @@ def test_area_limit_removes_small_things():
       outputs, (8, 8))
   dropped = max_deeplab.MaskWiseMerging(THINGS, STUFF, DIVISOR, VOID,
                                         thing_area_limit=3)(outputs, (8, 8))
-  assert (kept[common.PRED_SEMANTIC_KEY].numpy() == 4).sum() == 2
-  assert (dropped[common.PRED_SEMANTIC_KEY].numpy() == 4).sum() == 0
+  for result, pixels in ((kept, 2), (dropped, 0)):
+    classes = result[common.PRED_PANOPTIC_KEY].numpy() // DIVISOR
+    assert (classes == 4).sum() == pixels
+    # semantic_pred ignores area limits; semantic_scores, as DeepLab2's, is
+    # pasted before them.
+    assert (result[common.PRED_SEMANTIC_KEY].numpy()[0][first] == 4).all()
+    np.testing.assert_allclose(
+        result[common.PRED_SEMANTIC_SCORES_KEY].numpy()[0][first], 0.9,
+        atol=1e-6)
 
 
 def test_no_confident_slot_gives_all_void():
@@ -168,10 +202,14 @@ def test_no_confident_slot_gives_all_void():
   result = max_deeplab.MaskWiseMerging(THINGS, STUFF, DIVISOR, VOID)(
       outputs, (8, 8))
   assert (result[common.PRED_PANOPTIC_KEY].numpy() == VOID * DIVISOR).all()
+  # No detection: DeepLab2's empty score maps; semantic_pred is still dense.
+  for key in (common.PRED_INSTANCE_SCORES_KEY, common.PRED_SEMANTIC_SCORES_KEY):
+    assert (result[key].numpy() == 0).all()
+  assert (result[common.PRED_SEMANTIC_KEY].numpy() == 4).all()
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_dense_semantic_is_the_argmax_slot_class_everywhere(seed):
+def test_semantic_pred_is_the_argmax_slot_class_everywhere(seed):
   """DeepLab2's mIoU map: no thresholds, no void, no area limits."""
   rng = np.random.default_rng(seed)
   slots = 6
@@ -183,7 +221,7 @@ def test_dense_semantic_is_the_argmax_slot_class_everywhere(seed):
   result = merging({common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY: mask_logits,
                     common.PRED_TRANSFORMER_CLASS_LOGITS_KEY: class_logits},
                    (25, 33))
-  dense = result[common.PRED_DENSE_SEMANTIC_KEY].numpy()
+  dense = result[common.PRED_SEMANTIC_KEY].numpy()
   ids = np.array(THINGS + STUFF)
   for b in range(2):
     slot_class = _softmax(class_logits[b])[:, :-1].argmax(-1)
@@ -191,4 +229,4 @@ def test_dense_semantic_is_the_argmax_slot_class_everywhere(seed):
     np.testing.assert_array_equal(dense[b], expected)
   assert not (dense == VOID).any()
   # The panoptic map of the same outputs does have void (thresholds, limits).
-  assert (result[common.PRED_SEMANTIC_KEY].numpy() == VOID).any()
+  assert (result[common.PRED_PANOPTIC_KEY].numpy() // DIVISOR == VOID).any()

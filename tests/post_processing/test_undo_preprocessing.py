@@ -37,9 +37,9 @@ def test_crop_then_nearest_resize_matches_numpy(resized, original):
   scores = rng.random((2, 33, 33)).astype(np.float32)
   maps = undo_preprocessing.to_original_size(
       {common.PRED_PANOPTIC_KEY: labels,
-       common.PRED_SEMANTIC_PROBS_KEY: scores}, resized, original)
+       common.PRED_INSTANCE_SCORES_KEY: scores}, resized, original)
   for key, source in ((common.PRED_PANOPTIC_KEY, labels),
-                      (common.PRED_SEMANTIC_PROBS_KEY, scores)):
+                      (common.PRED_INSTANCE_SCORES_KEY, scores)):
     assert maps[key].dtype == source.dtype
     assert maps[key].shape == (2, *original)
     for b in range(2):

@@ -70,7 +70,7 @@ def _check_raw(save_dir, scored, extension):
     semantic = np.asarray(Image.open(
         os.path.join(save_dir, "raw_semantic", name + ".png")))
     np.testing.assert_array_equal(semantic,
-                                  maps[common.PRED_DENSE_SEMANTIC_KEY])
+                                  maps[common.PRED_SEMANTIC_KEY])
     classes, instances = _decode(
         os.path.join(save_dir, "raw_panoptic", name + extension))
     np.testing.assert_array_equal(classes * 256 + instances,
@@ -127,3 +127,35 @@ def test_no_saving_options_no_files(data_dir):
   _, save_dir = _run(data_dir, num_vis_samples=5,
                      override_save_dir=os.path.join(data_dir, "none"))
   assert not os.path.exists(save_dir)
+
+
+def test_scored_maps_mean_what_deeplab2s_keys_mean(data_dir):
+  """semantic_pred: every pixel's slot class; the score maps not swapped.
+
+  The stand-in model's slots have class logit 6 (0 elsewhere) and one-hot
+  mask logits 10, so the class confidence is e^6 / (e^6 + number of classes)
+  and the max mask probability e^10 / (e^10 + slots - 1) on every pixel.
+  """
+  scored, _ = _run(data_dir, override_save_dir=os.path.join(data_dir, "keys"))
+  info = builders.dataset_info(utils.tiny_config(data_dir, crop=_CROP))
+  num_classes = sum(len(ids) for ids in builders.class_ids(info))
+  class_confidence = np.exp(6.0) / (np.exp(6.0) + num_classes)
+  mask_probability = np.exp(10.0) / (
+      np.exp(10.0) + len(colour_coded.SLOT_IDS) - 1)
+  voids = 0
+  for maps in scored.values():
+    assert sorted(maps) == sorted([
+        common.PRED_PANOPTIC_KEY, common.PRED_SEMANTIC_KEY,
+        common.PRED_SEMANTIC_SCORES_KEY, common.PRED_INSTANCE_SCORES_KEY])
+    panoptic = maps[common.PRED_PANOPTIC_KEY]
+    segments = panoptic // 256 != info.ignore_label
+    voids += (~segments).sum()
+    semantic = maps[common.PRED_SEMANTIC_KEY]
+    assert not (semantic == info.ignore_label).any()  # Threshold-free.
+    np.testing.assert_array_equal(semantic[segments],
+                                  panoptic[segments] // 256)
+    np.testing.assert_allclose(maps[common.PRED_SEMANTIC_SCORES_KEY][segments],
+                               class_confidence, rtol=1e-5)
+    np.testing.assert_allclose(maps[common.PRED_INSTANCE_SCORES_KEY],
+                               mask_probability, rtol=1e-5)
+  assert voids > 0  # The void strip (a void-class slot) is void.

@@ -13,7 +13,6 @@ import tensorflow as tf
 import trainer_test_utils as utils
 
 from deeplab2_kmax import builders
-from deeplab2_kmax import common
 from deeplab2_kmax.data import input_pipeline
 from deeplab2_kmax.data import preprocessing
 from deeplab2_kmax.data import tfrecord
@@ -112,7 +111,8 @@ def _check_served_predictions(config, model_dir, data_dir, saved, tmp_path):
       serve = model.signatures["serving_default"]
       image = np.load({str(tmp_path / "image.npy")!r})
       out = serve(image=tf.constant(image))
-      np.save({str(tmp_path / "pan.npy")!r}, out["panoptic_pred"].numpy())
+      np.savez({str(tmp_path / "out.npz")!r},
+               **{{k: v.numpy() for k, v in out.items()}})
       val = serve(image=tf.constant(np.load({str(tmp_path / "val.npy")!r})))
       np.save({str(tmp_path / "val_pan.npy")!r}, val["panoptic_pred"].numpy())
       odd = serve(image=tf.constant(np.zeros((97, 131, 3), np.uint8)))
@@ -125,13 +125,19 @@ def _check_served_predictions(config, model_dir, data_dir, saved, tmp_path):
   result = subprocess.run([sys.executable, "-c", script], capture_output=True,
                           text=True, check=True)
   shapes, extra = [json.loads(line) for line in result.stdout.splitlines()[-2:]]
-  assert shapes["panoptic_pred"] == [1, 97, 131]
-  assert shapes["semantic_pred"] == [1, 97, 131]
-  assert shapes["instance_pred"] == [1, 97, 131]
+  # DeepLab2's kMaX-DeepLab keys, plus the cluster assignments.
+  maps = ["panoptic_pred", "semantic_pred", "instance_pred", "instance_scores",
+          "semantic_scores"]
+  assert sorted(shapes) == sorted(maps + ["cluster_assignments"])
+  for key in maps:
+    assert shapes[key] == [1, 97, 131], key
   assert shapes["cluster_assignments"][:2] == [1, 3]
   assert extra == {"wide": [1, 200, 60], "dtype": "int32"}
-  served = np.load(tmp_path / "pan.npy")
-  np.testing.assert_array_equal(served, expected[common.PRED_PANOPTIC_KEY])
+  with np.load(tmp_path / "out.npz") as served:
+    for key in maps:
+      np.testing.assert_allclose(served[key], expected[key], rtol=0,
+                                 atol=1e-5, err_msg=key)
+      assert served[key].dtype == expected[key].dtype, key
   # The SavedModel on an original val image gives the evaluator's saved
   # prediction: the same segments (the PNG numbers them 1..n), but for
   # pixels a batch-size rounding difference may flip at a threshold.
