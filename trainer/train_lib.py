@@ -90,8 +90,9 @@ def record_experiment(config, model_dir: str, mode: str, step: int):
   logging.info("Experiment %s: %s in %s from step %d", name, mode, model_dir,
                step)
   text = text_format.MessageToString(config)
-  with open(os.path.join(model_dir, EXPERIMENT_FILE), "w",
-            encoding="utf-8") as f:
+  # A worker's own folder (worker_write_dir) may not exist yet.
+  tf.io.gfile.makedirs(model_dir)
+  with tf.io.gfile.GFile(os.path.join(model_dir, EXPERIMENT_FILE), "w") as f:
     f.write(f"# experiment_name: {name}\n# mode: {mode}\n{text}")
   summary_dir = os.path.join(model_dir, "eval" if mode in (
       "eval", "continuous_eval") else "train")

@@ -59,7 +59,7 @@ def test_all_but_the_class_specific_layers_are_restored(setup, caplog):
   # Class heads: the final one and one per kMaX layer (kernel, bias); the
   # semantic head's last convolution (kernel, bias).
   assert len(class_specific) == 2 * (model.num_kmax_layers + 1) + 2
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):
     skipped = initial_checkpoint.restore(model, path,
                                          restore_class_layers=False)
   assert {name.split("/", 1)[1] for name in skipped} == class_specific

@@ -60,8 +60,10 @@ def test_two_workers_on_loopback_train(tmp_path):
          str(utils.REPO / "tests" / "trainer")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   outputs = [p.communicate(timeout=900) for p in procs]
+  report = "\n".join(f"worker {task_id} (exit {p.returncode}):\n{err[-3000:]}"
+                     for task_id, (p, (_, err)) in enumerate(zip(procs, outputs)))
   for task_id, (p, (out, err)) in enumerate(zip(procs, outputs)):
-    assert p.returncode == 0, f"worker {task_id}:\n{err[-3000:]}"
+    assert p.returncode == 0, report
     assert f"DONE {task_id}" in out
   # The chief writes to model_dir; the other worker to its own folder.
   chief = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
