@@ -16,9 +16,6 @@ from typing import Dict
 from typing import List
 from typing import Sequence
 
-from absl import app
-from absl import flags
-
 from deeplab2_kmax.data import dataset_registry
 from deeplab2_kmax.data import panoptic_conversion
 
@@ -62,43 +59,12 @@ def build(cityscapes_root: str, output_dir: str,
           treat_crowd_as_ignore: bool = True, overwrite: bool = False,
           progress: bool = True) -> Dict[str, List[str]]:
   """Converts each split; returns its TFRecord paths."""
-  if not os.path.isdir(cityscapes_root):
-    raise FileNotFoundError(
-        f"--cityscapes_root {cityscapes_root!r} is not a folder.")
-  info = dataset_registry.get(DATASET)
-  outputs = {}
-  for split in splits:
-    items, class_map = split_items(cityscapes_root, split)
-    outputs[split] = panoptic_conversion.convert(
-        items, output_dir, split, num_shards, class_map, info,
-        treat_crowd_as_ignore, overwrite, progress)
-  return outputs
-
-
-def _define_flags() -> None:
-  """CLI flags; defined only when run as a program (modules share names)."""
-  flags.DEFINE_string("cityscapes_root", None, "Cityscapes root.")
-  flags.DEFINE_string("output_dir", None, "Output folder.")
-  flags.DEFINE_list("splits", ["train", "val"], "Splits to convert.")
-  flags.DEFINE_integer("num_shards", 10, "Shards per split.")
-  flags.DEFINE_boolean(
-      "treat_crowd_as_ignore", True,
-      "Label crowd pixels void (else: their class with instance 0).")
-  flags.DEFINE_boolean("overwrite", False, "Replace existing outputs.")
-
-
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  f = flags.FLAGS
-  try:
-    build(f.cityscapes_root, f.output_dir, f.splits, f.num_shards,
-          f.treat_crowd_as_ignore, f.overwrite)
-  except (FileNotFoundError, FileExistsError, ValueError) as e:
-    raise app.UsageError(str(e)) from e
+  return panoptic_conversion.build_splits(
+      split_items, cityscapes_root, "cityscapes_root",
+      dataset_registry.get(DATASET), output_dir, splits, num_shards,
+      treat_crowd_as_ignore, overwrite, progress)
 
 
 if __name__ == "__main__":
-  _define_flags()
-  flags.mark_flags_as_required(["cityscapes_root", "output_dir"])
-  app.run(main)
+  panoptic_conversion.define_flags("cityscapes_root", "Cityscapes root.", 10)
+  panoptic_conversion.run_cli(build, "cityscapes_root")

@@ -8,6 +8,8 @@ import dataclasses
 from typing import Dict
 from typing import Tuple
 
+from deeplab2_kmax.data import ade20k_classes
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -106,6 +108,18 @@ _DATASETS = {
                              "trainval_fine": 3475, "test_fine": 1525},
             class_names=_CITYSCAPES_CLASS_NAMES,
             colormap=_CITYSCAPES_COLORMAP,
+        ),
+        # ADE20K panoptic (ADEChallengeData2016): void 0, the 150
+        # SceneParse150 categories as classes 1..150 (100 things, 50 stuff).
+        DatasetInfo(
+            name="ade20k_panoptic",
+            num_classes=len(ade20k_classes.NAMES),
+            ignore_label=0,
+            panoptic_label_divisor=1000,
+            class_has_instances=ade20k_classes.HAS_INSTANCES,
+            splits_to_sizes={"train": 20210, "val": 2000},
+            class_names=ade20k_classes.NAMES,
+            colormap=ade20k_classes.COLORMAP,
         ),
         DatasetInfo(
             name="synthetic_panoptic",

@@ -1,6 +1,7 @@
 """COCO-style panoptic annotations (JSON + RGB PNG) -> library TFRecords.
 
-Shared by the COCO and Cityscapes builders (SPEC §5). A panoptic PNG stores a
+Shared by the COCO, Cityscapes and ADE20K builders (SPEC §5), with their
+split loop (`build_splits`) and command line (`define_flags`, `run_cli`). A panoptic PNG stores a
 segment id per pixel as `R + 256 G + 256^2 B`; the JSON's `segments_info`
 gives each id its category and crowd flag. The label written to the TFRecord
 is `class * divisor + instance`, as DeepLab2 builds it: instances numbered
@@ -13,13 +14,17 @@ import dataclasses
 import io
 import json
 import os
+from typing import Callable
 from typing import Dict
 from typing import Iterable
 from typing import List
 from typing import Mapping
 from typing import Optional
 from typing import Sequence
+from typing import Tuple
 
+from absl import app
+from absl import flags
 import numpy as np
 from PIL import Image
 import tqdm
@@ -143,3 +148,55 @@ def convert(items: Sequence[Item], output_dir: str, split: str,
   for stale in set(existing) - set(paths):  # Shards of an older layout.
     os.remove(stale)
   return list(paths)
+
+
+# (dataset root, split) -> (items, source category id -> class id).
+SplitReader = Callable[[str, str], Tuple[List[Item], Dict[int, int]]]
+
+
+def build_splits(read_split: SplitReader, root: str, root_flag: str,
+                 info: dataset_registry.DatasetInfo, output_dir: str,
+                 splits: Sequence[str], num_shards: int,
+                 treat_crowd_as_ignore: bool = True, overwrite: bool = False,
+                 progress: bool = True) -> Dict[str, List[str]]:
+  """Converts each split read by `read_split`; returns its TFRecord paths."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"--{root_flag} {root!r} is not a folder.")
+  outputs = {}
+  for split in splits:
+    items, class_map = read_split(root, split)
+    outputs[split] = convert(items, output_dir, split, num_shards, class_map,
+                             info, treat_crowd_as_ignore, overwrite, progress)
+  return outputs
+
+
+def define_flags(root_flag: str, root_help: str, num_shards: int) -> None:
+  """A builder's flags; defined only when run as a program (they share
+  names across builders)."""
+  flags.DEFINE_string(root_flag, None, root_help)
+  flags.DEFINE_string("output_dir", None, "Output folder.")
+  flags.DEFINE_list("splits", ["train", "val"], "Splits to convert.")
+  flags.DEFINE_integer("num_shards", num_shards, "Shards per split.")
+  flags.DEFINE_boolean(
+      "treat_crowd_as_ignore", True,
+      "Label crowd pixels void (else: their class with instance 0).")
+  flags.DEFINE_boolean("overwrite", False, "Replace existing outputs.")
+  flags.mark_flags_as_required([root_flag, "output_dir"])
+
+
+def run_cli(build: Callable[..., Dict[str, List[str]]],
+            root_flag: str) -> None:
+  """Runs `build(root, output_dir, splits, num_shards, crowd, overwrite)`
+  from the flags of `define_flags`; input errors become usage errors."""
+
+  def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    try:
+      build(f[root_flag].value, f.output_dir, f.splits, f.num_shards,
+            f.treat_crowd_as_ignore, f.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+      raise app.UsageError(str(e)) from e
+
+  app.run(main)
