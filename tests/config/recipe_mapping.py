@@ -7,6 +7,9 @@
   config field the trainer / evaluator reads directly;
 * fixed by our architecture (`FIXED`, with where it is verified); or
 * not used by kMaX at all (`NOT_USED_BY_KMAX`, with the reason).
+One mapping serves every column (COCO, Cityscapes, ADE20K): the four values
+DeepLab2 switches on the dataset name (the "(hard-coded)" rows, e.g. the
+ADE20K transformer-decoder drop path 1.0) are config fields here.
 """
 
 import dataclasses

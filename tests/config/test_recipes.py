@@ -2,8 +2,8 @@
 
 The expected values come from ../shared/reference/deeplab2_recipes.md (every
 effective setting of DeepLab2's kMaX configs); ours are what the builders and
-the trainer actually construct (`recipe_mapping`). ADE20K columns have no
-config here yet and are left out.
+the trainer actually construct (`recipe_mapping`); every column, COCO,
+Cityscapes and ADE20K, has its config.
 """
 
 import json
@@ -24,7 +24,7 @@ TABLE = REPO.parent / "shared" / "reference" / "deeplab2_recipes.md"
 pytestmark = pytest.mark.skipif(not TABLE.exists(),
                                 reason=f"recipe table not found at {TABLE}")
 
-_DATASETS = ("coco", "cityscapes")
+_DATASETS = ("coco", "cityscapes", "ade20k")
 # Ours beyond the table: the column it follows and its documented changes
 # (256 cluster centres; drop query, checked below).
 _VARIANTS = {
@@ -79,6 +79,11 @@ def test_every_field_is_mapped_fixed_or_explained():
 def test_every_paper_column_has_a_config():
   for stem, _, _ in _cases():
     assert (REPO / "configs" / f"{stem}.textproto").exists(), stem
+  # No dataset of the table is left out (16 columns: 6 COCO, 6 Cityscapes,
+  # 4 ADE20K).
+  datasets = sorted({column.split("/")[0] for column in _table()})
+  assert datasets == sorted(_DATASETS)
+  assert len(_cases()) == len(_table()) + len(_VARIANTS)
 
 
 @pytest.mark.parametrize("stem,column,overrides", _cases(),
