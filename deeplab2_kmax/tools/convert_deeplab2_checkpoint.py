@@ -33,7 +33,8 @@ from deeplab2_kmax import config_loader
 
 SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 # Official crops (height, width) of the released checkpoints.
-OFFICIAL_CROPS = {"coco": (1281, 1281), "cityscapes": (1025, 2049)}
+OFFICIAL_CROPS = {"coco": (1281, 1281), "cityscapes": (1025, 2049),
+                  "ade20k": (641, 641), "ade20k res1281": (1281, 1281)}
 # Top-level training state of a DeepLab2 checkpoint (not model weights).
 _STATE_PREFIXES = ("optimizer/", "global_step/", "save_counter/")
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"

@@ -8,8 +8,9 @@ were recorded at the official crops.
 
 import functools
 
+import ade20k_layout  # tests/model is on sys.path (rootdir conftest).
 import numpy as np
-import parity_utils  # tests/model is on sys.path (rootdir conftest).
+import parity_utils
 import pytest
 
 from deeplab2_kmax import builders
@@ -62,6 +63,25 @@ def test_key_map_is_a_bijection_with_equal_shapes(case):
   parts = model.parameter_groups()
   assert sum(parts.values()) == total
   assert sum(parts.values()) - parts["semantic_branch"] == without_aux
+
+
+def test_ade20k_r50_key_map_and_parameter_count():
+  """ADE20K R50 against DeepLab2's layout derived from the COCO R50 list
+  (ade20k_layout: 151 instead of 134 outputs in the 8 class layers)."""
+  keys = ade20k_layout.key_list()
+  model = ade20k_layout.model()
+  _assert_key_map_is_a_bijection(model, keys)
+  trainable = sum(int(np.prod(shape)) for key, shape in keys.items()
+                  if not key[:-len(parity_utils.SUFFIX)].endswith(
+                      ("/moving_mean", "/moving_variance")))
+  extra = ade20k_layout.ADE20K_CLASSES - ade20k_layout.COCO_CLASSES
+  per_class = 256 + 1  # A 256-channel 1x1 kernel column and a bias.
+  parts = model.parameter_groups()
+  # COCO R50's anchors + 17 classes in 8 class layers (7 outside the
+  # auxiliary semantic branch).
+  assert sum(parts.values()) == trainable == 72_436_862 + 8 * extra * per_class
+  assert sum(parts.values()) - parts["semantic_branch"] == (
+      56_580_120 + 7 * extra * per_class)
 
 
 def test_parity_fixture_keys_and_statistics():
