@@ -34,7 +34,7 @@ _INSTANCE_CLASSES = (
     117, 119, 120, 121, 122, 124, 125, 126, 127, 128, 130, 131, 133, 134, 135,
     136, 137, 138, 139, 140, 143, 144, 145, 147, 148, 149, 150)
 _DIVISOR = 1000
-_ROOT_FLAG_HELP = "--ade20k_root"
+_ROOT_FLAG = "--ade20k_root"
 
 # Per image: (height, width, gray?, [(segment id, category id, crowd,
 # (top, left, bottom, right))]); later rectangles paint over earlier ones.
@@ -255,6 +255,6 @@ def test_missing_or_corrupt_files_are_named(tmp_path):
   with pytest.raises(ValueError, match="unknown ADE20K split 'test'"):
     build_ade20k_data.build(root, str(tmp_path / "c"), ["test"],
                             progress=False)
-  with pytest.raises(FileNotFoundError, match=_ROOT_FLAG_HELP):
+  with pytest.raises(FileNotFoundError, match=_ROOT_FLAG):
     build_ade20k_data.build(str(tmp_path / "nowhere"), str(tmp_path / "d"),
                             ["val"], progress=False)
