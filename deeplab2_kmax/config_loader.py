@@ -23,6 +23,7 @@ from typing import Optional
 from google.protobuf import text_format
 
 from deeplab2_kmax.data import dataset_registry
+from deeplab2_kmax.model.transformer_decoder import head_split
 from deeplab2_kmax.protos import config_pb2
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -227,9 +228,12 @@ def _check_model(c: _Checker, model, info):
   for name in ("channels", "ffn_channels", "num_heads"):
     c.positive(getattr(td, name),
                f"model_options.max_deeplab.transformer_decoder.{name}")
-  c.require(td.channels % td.num_heads == 0 if td.num_heads > 0 else True,
-            "model_options.max_deeplab.transformer_decoder.num_heads",
-            f"{td.num_heads} does not divide channels {td.channels}")
+  if td.num_heads > 0:
+    try:
+      head_split.attention_channels(td.channels, td.num_heads)
+    except ValueError as e:
+      c.require(False, "model_options.max_deeplab.transformer_decoder."
+                "num_heads", str(e))
   pd = max_deeplab.pixel_decoder
   c.one_of(pd.high_resolution_output_stride, (2, 4),
            "model_options.max_deeplab.pixel_decoder."

@@ -189,3 +189,26 @@ def test_text_format_round_trip_keeps_deeplab2_field_names():
     train_dataset_options { augmentations { panoptic_copy_paste {
       panoptic_copy_paste_scale: 0.5 } } }""", config)
   assert config.trainer_options.solver_options.warmup_steps == 5
+
+
+@pytest.mark.parametrize("channels, num_heads", [
+    (24, 8), (32, 8), (16, 8), (64, 4), (48, 8), (30, 3), (36, 6)])
+def test_head_check_rejects_exactly_what_the_kmax_layer_rejects(
+    tmp_path, channels, num_heads):
+  # Brute force against the rule itself: queries and keys have channels // 2
+  # channels, values channels; both split evenly over the heads.
+  valid = (channels // 2) % num_heads == 0 and channels % num_heads == 0
+  path = _write(tmp_path, _VALID + (
+      "model_options { max_deeplab { transformer_decoder { "
+      f"channels: {channels} num_heads: {num_heads} }} }} }}"))
+  from deeplab2_kmax.model.transformer_decoder import kmax  # TensorFlow.
+  if valid:
+    config_loader.load_config(path)
+    kmax.KMaXLayer(num_classes=3, channels=channels, num_heads=num_heads)
+    return
+  with pytest.raises(config_loader.ConfigError) as e:
+    config_loader.load_config(path)
+  assert "transformer_decoder.num_heads" in str(e.value)
+  with pytest.raises(ValueError) as layer_error:
+    kmax.KMaXLayer(num_classes=3, channels=channels, num_heads=num_heads)
+  assert str(e.value).split("num_heads': ", 1)[1] in str(layer_error.value)

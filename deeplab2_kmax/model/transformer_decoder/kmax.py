@@ -26,6 +26,7 @@ from deeplab2_kmax.model.layers import activations
 from deeplab2_kmax.model.layers import checkpoint_keys
 from deeplab2_kmax.model.layers import convolutions
 from deeplab2_kmax.model.layers import drop_path
+from deeplab2_kmax.model.transformer_decoder import head_split
 
 CROSS_ATTENTIONS = ("kmeans", "softmax")
 
@@ -113,10 +114,11 @@ class KMaXLayer(tf_keras.layers.Layer):
     if cross_attention not in CROSS_ATTENTIONS:
       raise ValueError(f"{name}: cross_attention must be one of "
                        f"{CROSS_ATTENTIONS}, got {cross_attention!r}.")
-    key_channels, value_channels = channels // 2, channels
-    if key_channels % num_heads or value_channels % num_heads:
-      raise ValueError(f"{name}: channels {channels} do not split into "
-                       f"{num_heads} heads.")
+    try:
+      key_channels, value_channels = head_split.attention_channels(
+          channels, num_heads)
+    except ValueError as e:
+      raise ValueError(f"{name}: {e}.") from None
     self._channels = channels
     self._key_channels = key_channels
     self._value_channels = value_channels
