@@ -16,9 +16,10 @@ install-test:
 demo: install
 	$(PYTHON) -m deeplab2_kmax.tools.demo --output_dir=$(DEMO_DIR)
 
-# Quick start 2: install with test extras, lint, then run the tests.
+# Quick start 2: install with test extras, lint, then run the tests: two
+# workers, each taking whole files (a file's fixtures are built once).
 test: install-test lint
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+	$(PYTHON) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests
 
 lint:
 	$(PYTHON) -m ruff check .

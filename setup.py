@@ -71,8 +71,8 @@ setuptools.setup(
         # panopticapi-lite and cityscapesscripts are installed --no-deps by
         # `make install-test` (their pins clash with numpy 2); pyquaternion is
         # the one import cityscapesscripts' evaluation needs.
-        "test": ["pytest", "pytest-timeout", "ruff", "grpcio-tools",
-                 "pyquaternion"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff",
+                 "grpcio-tools", "pyquaternion"],
     },
     cmdclass={"build_py": BuildPyWithProtos, "develop": DevelopWithProtos},
 )

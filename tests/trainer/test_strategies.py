@@ -48,15 +48,18 @@ _SCRIPT = textwrap.dedent("""
 
 def test_two_replicas_match_one_device(tmp_path):
   data_dir = utils.tiny_data(str(tmp_path))
+  # Both runs at once: most of their time is single-threaded tracing.
+  runs = [subprocess.Popen(
+      [sys.executable, "-c", _SCRIPT, str(replicas), data_dir,
+       str(tmp_path / f"model{replicas}"), str(utils.REPO / "tests" /
+                                               "trainer")],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for replicas in (1, 2)]
   weights = []
-  for replicas in (1, 2):
-    result = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(replicas), data_dir,
-         str(tmp_path / f"model{replicas}"), str(utils.REPO / "tests" /
-                                                 "trainer")],
-        capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    weights.append(json.loads(result.stdout.strip().splitlines()[-1]))
+  for run in runs:
+    stdout, stderr = run.communicate(timeout=900)
+    assert run.returncode == 0, stderr[-3000:]
+    weights.append(json.loads(stdout.strip().splitlines()[-1]))
   assert weights[0].keys() == weights[1].keys()
   assert any(name.startswith("optimizer/_variables") for name in weights[0])
   # Tensors that are structurally ~0 (the gradient of a bias before a batch
