@@ -170,6 +170,27 @@ def _check_dataset(c: _Checker, options, prefix: str, required: bool):
   return info
 
 
+def _check_eval_images_fit(c: _Checker, options, info):
+  """Evaluation pads each image to the crop: no image may exceed it."""
+  if len(options.crop_size) != 2:
+    return
+  largest = [v for v in options.max_resize_value if v > 0]
+  if largest:  # Resized to fit inside (max, max) or (max_h, max_w).
+    size = tuple(largest * 2)[:2] if len(largest) == 1 else tuple(largest)
+    source = f"max_resize_value {list(options.max_resize_value)}"
+  elif info.max_image_size and not any(
+      v > 0 for v in options.min_resize_value):
+    size = info.max_image_size
+    source = f"{info.name}'s images (up to {size[0]}x{size[1]}, no resize)"
+  else:
+    return
+  crop = tuple(options.crop_size)
+  c.require(crop[0] >= size[0] and crop[1] >= size[1],
+            "eval_dataset_options.crop_size",
+            f"{list(crop)} is smaller than {source}; evaluation pads every "
+            f"image to the crop, so it needs at least {size[0]}x{size[1]}")
+
+
 def _check_losses(c: _Checker, loss_options):
   for name in ("semantic_loss", "pq_style_loss", "mask_id_cross_entropy_loss",
                "instance_discrimination_loss"):
@@ -288,9 +309,20 @@ def _check_trainer(c: _Checker, trainer):
   for name in ("save_checkpoints_steps", "save_summaries_steps",
                "steps_per_loop", "num_checkpoints_to_keep"):
     c.positive(getattr(trainer, name), f"trainer_options.{name}")
+  if trainer.steps_per_loop > 0:
+    # Orbit writes summaries at the end of a loop and refuses otherwise.
+    c.require(trainer.save_summaries_steps % trainer.steps_per_loop == 0,
+              "trainer_options.save_summaries_steps",
+              f"{trainer.save_summaries_steps} must be a multiple of "
+              f"steps_per_loop {trainer.steps_per_loop} (summaries are "
+              "written at the end of a loop)")
   c.require(trainer.save_prediction_images_steps >= 0,
             "trainer_options.save_prediction_images_steps",
             f"{trainer.save_prediction_images_steps} must be >= 0 (0: never)")
+  c.require(trainer.max_skipped_non_finite_steps >= 0,
+            "trainer_options.max_skipped_non_finite_steps",
+            f"{trainer.max_skipped_non_finite_steps} must be >= 0 (0: stop "
+            "at the first non-finite step)")
   c.one_of(trainer.mixed_precision, MIXED_PRECISION,
            "trainer_options.mixed_precision")
   c.one_of(trainer.loss_options.matching_implementation, MATCHING,
@@ -343,6 +375,8 @@ def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
                               "train_dataset_options", required=False)
   eval_info = _check_dataset(c, config.eval_dataset_options,
                              "eval_dataset_options", required=False)
+  if eval_info is not None:
+    _check_eval_images_fit(c, config.eval_dataset_options, eval_info)
   c.require(train_info is not None or eval_info is not None,
             "train_dataset_options.dataset",
             "at least one of train/eval dataset options must name a dataset")

@@ -6,6 +6,7 @@ library branches on dataset names.
 
 import dataclasses
 from typing import Dict
+from typing import Optional
 from typing import Tuple
 
 from deeplab2_kmax.data import ade20k_classes
@@ -25,6 +26,8 @@ class DatasetInfo:
     splits_to_sizes: Number of images per split.
     class_names: One name per class id.
     colormap: One RGB colour per class id, for visualisation.
+    max_image_size: (height, width) no image of the dataset exceeds, where
+      the dataset fixes it (None: unknown, e.g. ADE20K's images vary).
   """
 
   name: str
@@ -35,6 +38,7 @@ class DatasetInfo:
   splits_to_sizes: Dict[str, int]
   class_names: Tuple[str, ...]
   colormap: Tuple[Tuple[int, int, int], ...]
+  max_image_size: Optional[Tuple[int, int]] = None
 
   @property
   def thing_class_ids(self) -> Tuple[int, ...]:
@@ -97,6 +101,7 @@ _DATASETS = {
             splits_to_sizes={"train": 118287, "val": 5000, "test": 40670},
             class_names=tuple(f"class_{i}" for i in range(134)),
             colormap=_palette(134),
+            max_image_size=(640, 640),
         ),
         DatasetInfo(
             name="cityscapes_panoptic",
@@ -108,6 +113,7 @@ _DATASETS = {
                              "trainval_fine": 3475, "test_fine": 1525},
             class_names=_CITYSCAPES_CLASS_NAMES,
             colormap=_CITYSCAPES_COLORMAP,
+            max_image_size=(1024, 2048),
         ),
         # ADE20K panoptic (ADEChallengeData2016): void 0, the 150
         # SceneParse150 categories as classes 1..150 (100 things, 50 stuff).

@@ -112,12 +112,25 @@ def test_wrong_type_names_file_and_line(tmp_path):
      "overlapping_threshold"),
     ("model_options { max_deeplab { mask_logits_batch_norm_gamma_init: 0 } }",
      "mask_logits_batch_norm_gamma_init"),
+    # Evaluation pads each image to the crop: it must hold the largest.
+    ('eval_dataset_options { dataset: "synthetic_panoptic" crop_size: [641, 641] '
+     "max_resize_value: [1281] }", "eval_dataset_options.crop_size"),
 ])
 def test_semantic_errors_name_file_and_field(tmp_path, snippet, field):
   path = _write(tmp_path, _VALID + snippet)
   with pytest.raises(config_loader.ConfigError) as e:
     config_loader.load_config(path)
   assert path in str(e.value) and field in str(e.value)
+
+
+def test_eval_crop_smaller_than_the_dataset_images_names_the_field(tmp_path):
+  # Cityscapes images are 1024x2048; without a resize the crop must hold them.
+  text = "\n".join(
+      f'{split}_dataset_options {{ dataset: "cityscapes_panoptic" '
+      f"crop_size: [1025, 1025] }}" for split in ("train", "eval"))
+  with pytest.raises(config_loader.ConfigError,
+                     match="eval_dataset_options.crop_size.*1024x2048"):
+    config_loader.load_config(_write(tmp_path, text))
 
 
 def test_all_problems_are_reported_at_once(tmp_path):
@@ -212,3 +225,41 @@ def test_head_check_rejects_exactly_what_the_kmax_layer_rejects(
   with pytest.raises(ValueError) as layer_error:
     kmax.KMaXLayer(num_classes=3, channels=channels, num_heads=num_heads)
   assert str(e.value).split("num_heads': ", 1)[1] in str(layer_error.value)
+
+
+def test_eval_crop_check_accepts_images_that_fit(tmp_path):
+  for dataset, crop in (
+      ("cityscapes_panoptic", "crop_size: [1025, 2049]"),
+      # The synthetic builder's --image_size varies: no fixed size to check.
+      ("synthetic_panoptic", "crop_size: [64, 64]"),
+      ("coco_panoptic", "crop_size: [641, 641] min_resize_value: 641 "
+       "max_resize_value: 641"),
+      ("coco_panoptic", "crop_size: [641, 641]"),  # COCO: at most 640x640.
+      # ADE20K's image sizes vary: nothing to check without a resize.
+      ("ade20k_panoptic", "crop_size: [64, 64]")):
+    text = "\n".join(
+        f'{split}_dataset_options {{ dataset: "{dataset}" {crop} }}'
+        for split in ("train", "eval"))
+    config_loader.load_config(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize("summaries, loop", [
+    (50, 50), (100, 50), (30, 20), (1, 2), (2, 1), (7, 7), (9, 3)])
+def test_summary_interval_check_is_orbits(tmp_path, summaries, loop):
+  import orbit  # Its controller makes the same check at run time.
+  import tensorflow as tf
+  path = _write(tmp_path, _VALID + (
+      f"trainer_options {{ save_summaries_steps: {summaries} "
+      f"steps_per_loop: {loop} }}"))
+  try:
+    orbit.Controller(trainer=object(), global_step=tf.Variable(0),
+                     steps_per_loop=loop, summary_interval=summaries,
+                     summary_dir=str(tmp_path))
+    orbit_accepts = True
+  except ValueError:
+    orbit_accepts = False
+  if orbit_accepts:
+    config_loader.load_config(path)
+  else:
+    with pytest.raises(config_loader.ConfigError, match="save_summaries_steps"):
+      config_loader.load_config(path)
