@@ -19,6 +19,7 @@ import tf_keras
 from deeplab2_kmax import builders
 from deeplab2_kmax.data import input_pipeline
 from deeplab2_kmax.losses import max_deeplab_loss
+from deeplab2_kmax.trainer import checkpoint_guard
 from deeplab2_kmax.trainer import evaluator as evaluator_lib
 from deeplab2_kmax.trainer import initial_checkpoint
 from deeplab2_kmax.trainer import trainer as trainer_lib
@@ -181,8 +182,9 @@ def run_experiment(config, model_dir: str, mode: str = "train_and_eval",
         strategy, info, model_dir=model_dir, global_step=global_step)
 
   checkpoint = tf.train.Checkpoint(**checkpoint_items)
-  manager = tf.train.CheckpointManager(
-      checkpoint, model_dir,
+  # Refuses to save non-finite weights (the newest checkpoint stays good).
+  manager = checkpoint_guard.GuardedCheckpointManager(
+      checkpoint, model_dir, model=model,
       max_to_keep=trainer_options.num_checkpoints_to_keep,
       step_counter=global_step,
       checkpoint_interval=trainer_options.save_checkpoints_steps)

@@ -4,6 +4,21 @@ With `save_prediction_images_steps` N > 0, every N steps the step's own
 predictions on its first images are written to the train summaries (image
 `predictions`: image | ground-truth semantic | predicted semantic | cluster
 assignment, `visualization.training_panels`); no extra forward pass.
+
+Non-finite guard. Every step checks, in the graph and on every replica, the
+total loss, the gradients and the inputs of the Hungarian matching cost (the
+final mask and class logits: the cost is finite exactly when they are); the
+flags are summed over replicas, so all replicas take the same decision. A
+non-finite step applies no update (the optimiser step sits in a `tf.cond` in
+cross-replica context) and is recorded in variables the host reads in
+`train_loop_end`, which Orbit calls before it saves a checkpoint: the run
+stops there with `NonFiniteLossError` naming the step and the quantities,
+and nothing is saved. The steps left in that loop apply nothing either. With
+`trainer_options.max_skipped_non_finite_steps` N > 0 the first N such steps
+are skipped instead (no update, counted in the train summary
+`skipped_non_finite_steps`); the next one stops the run. Non-finite logits
+are zeroed before the loss so that the matchers never see them (SciPy would
+raise, the in-graph Hungarian would loop on NaN).
 """
 
 import math
@@ -18,7 +33,9 @@ import tf_keras
 from deeplab2_kmax import builders
 from deeplab2_kmax import common
 from deeplab2_kmax import visualization
+from deeplab2_kmax.losses import matching
 from deeplab2_kmax.losses import max_deeplab_loss
+from deeplab2_kmax.trainer import checkpoint_guard
 from deeplab2_kmax.trainer import optimization
 
 _GT_KEYS = (common.GT_SEMANTIC_KEY, common.GT_THING_ID_MASK_KEY,
@@ -27,10 +44,19 @@ _GT_KEYS = (common.GT_SEMANTIC_KEY, common.GT_THING_ID_MASK_KEY,
 _IMAGE_KEYS = (common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY,
                common.PRED_TRANSFORMER_CLASS_LOGITS_KEY)
 MAX_SUMMARY_IMAGES = 3
+# The checked quantities, in the order of the per-step flags (bit i of the
+# recorded kind is quantity i).
+QUANTITIES = ("loss", "gradients", "matching cost")
+SKIPPED_SUMMARY = "skipped_non_finite_steps"
+
+# The library's error for NaN/Inf in training (defined with the checkpoint
+# guard so that the host matcher can raise it too).
+NonFiniteLossError = checkpoint_guard.NonFiniteLossError
 
 
-class NonFiniteLossError(FloatingPointError):
-  """Training produced NaN/Inf; the last good checkpoint is left untouched."""
+def _all_finite(tensors) -> tf.Tensor:
+  return tf.reduce_all(tf.stack(
+      [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]))
 
 
 class KMaXTrainer(orbit.StandardTrainer):
@@ -52,6 +78,16 @@ class KMaXTrainer(orbit.StandardTrainer):
       self.optimizer, self.backbone_optimizer = (
           optimization.build_optimizers(solver))
       self._loss_metrics: Dict[str, object] = {}
+      # First non-finite step that stopped the run (0: none), its quantities
+      # (bit mask over QUANTITIES) and the steps skipped so far in this run.
+      self._stop_step, self._stop_kind, self._skipped = (
+          tf.Variable(0, dtype=dtype, trainable=False, name=name,
+                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+          for dtype, name in ((tf.int64, "non_finite_step"),
+                              (tf.int32, "non_finite_kind"),
+                              (tf.int64, "skipped_non_finite_steps")))
+    self._max_skipped = (
+        config.trainer_options.max_skipped_non_finite_steps)
     self._rest_vars, self._backbone_vars = optimization.split_variables(model)
     self._learning_rate = optimization.learning_rate_schedule(solver)
     self._image_steps = config.trainer_options.save_prediction_images_steps
@@ -65,6 +101,7 @@ class KMaXTrainer(orbit.StandardTrainer):
     if config.trainer_options.jit_compile:
       self._compute = tf.function(self._losses_and_gradients,
                                   jit_compile=True)
+    self._skipped_logged = 0
     self._loop_start = None
     self._loop_start_step = 0
     self._run_start = time.time()
@@ -88,20 +125,34 @@ class KMaXTrainer(orbit.StandardTrainer):
       self._run_start_step = self._loop_start_step
 
   def _losses_and_gradients(self, batch):
-    """Forward, loss and gradients; XLA-compiled with trainer jit_compile."""
+    """Forward, loss, gradients and non-finite flags (one replica).
+
+    XLA-compiled with trainer jit_compile. The flags [3] are 1.0 where the
+    loss, the gradients or the matching-cost inputs hold a NaN/Inf.
+    """
     y_true = {k: batch[k] for k in _GT_KEYS}
     with tf.GradientTape() as tape:
       outputs = self._model(batch[common.IMAGE], training=True)
       outputs = tf.nest.map_structure(lambda x: tf.cast(x, tf.float32),
                                       outputs)
+      cost_finite = _all_finite([outputs[key] for key in _IMAGE_KEYS])
+      # Identity unless non-finite: then the step is not applied anyway,
+      # and the matchers get a finite cost.
+      outputs.update({key: tf.where(tf.math.is_finite(outputs[key]),
+                                    outputs[key], 0.0)
+                      for key in _IMAGE_KEYS})
       losses = self._loss(y_true, outputs)
       total = tf.nn.compute_average_loss(
           losses[max_deeplab_loss.TOTAL], global_batch_size=self._batch_size)
     gradients = tape.gradient(total, self._rest_vars + self._backbone_vars)
+    # Checked before clipping, which would turn an Inf norm into NaNs.
+    flags = tf.cast(tf.logical_not(tf.stack(
+        [_all_finite([total]), _all_finite(gradients), cost_finite])),
+                    tf.float32)
     if self._solver.use_gradient_clipping:
       gradients, _ = tf.clip_by_global_norm(gradients,
                                             self._solver.clip_gradient_norm)
-    return losses, gradients, {key: outputs[key] for key in _IMAGE_KEYS}
+    return losses, gradients, {key: outputs[key] for key in _IMAGE_KEYS}, flags
 
   def _write_images(self, batch, predictions):
     """The `predictions` image summary of the batch's first images."""
@@ -116,22 +167,57 @@ class KMaXTrainer(orbit.StandardTrainer):
       return tf.summary.image("predictions", panels, step=self._global_step,
                               max_outputs=count)
 
+  def _apply(self, losses, gradients):
+    """One replica's optimiser steps and loss-metric updates."""
+    split = len(self._rest_vars)
+    self.optimizer.apply_gradients(zip(gradients[:split], self._rest_vars))
+    if self._backbone_vars:
+      self.backbone_optimizer.apply_gradients(
+          zip(gradients[split:], self._backbone_vars))
+    for name, value in losses.items():
+      self._loss_metrics[name].update_state(value)
+
+  def _guarded_apply(self, losses, gradients, flags) -> tf.Tensor:
+    """Applies the step unless a replica flagged a non-finite value.
+
+    Cross-replica context: the `tf.cond` sits outside `strategy.run` (as
+    Keras' loss-scale optimiser does), since a cond inside a replica
+    function cannot host the optimiser's cross-replica merge. Returns
+    whether the step was applied.
+    """
+    non_finite = self._strategy.reduce(tf.distribute.ReduceOp.SUM, flags,
+                                       axis=None) > 0
+    kind = tf.reduce_sum(tf.where(non_finite, 2 ** tf.range(len(QUANTITIES)),
+                                  0))
+    stopped = self._stop_step > 0
+    bad = tf.logical_and(kind > 0, tf.logical_not(stopped))
+    over_budget = tf.logical_and(bad, self._skipped >= self._max_skipped)
+    self._skipped.assign_add(tf.cast(
+        tf.logical_and(bad, tf.logical_not(over_budget)), tf.int64))
+    self._stop_step.assign(tf.where(over_budget, self._global_step + 1,
+                                    self._stop_step))
+    self._stop_kind.assign(tf.where(over_budget, kind, self._stop_kind))
+
+    def apply():
+      self._strategy.run(self._apply, args=(losses, gradients))
+      return tf.constant(True)
+
+    return tf.cond(tf.logical_and(kind == 0, tf.logical_not(stopped)),
+                   apply, lambda: tf.constant(False))
+
   def train_step(self, iterator):
     def step_fn(batch):
-      losses, gradients, predictions = self._compute(batch)
-      split = len(self._rest_vars)
-      self.optimizer.apply_gradients(
-          zip(gradients[:split], self._rest_vars))
-      if self._backbone_vars:
-        self.backbone_optimizer.apply_gradients(
-            zip(gradients[split:], self._backbone_vars))
-      for name, value in losses.items():
-        self._loss_metrics[name].update_state(value)
-      return {key: batch[key] for key in (common.IMAGE,
-                                          common.GT_SEMANTIC_KEY)}, predictions
+      losses, gradients, predictions, flags = self._compute(batch)
+      images = {key: batch[key] for key in (common.IMAGE,
+                                            common.GT_SEMANTIC_KEY)}
+      return losses, gradients, flags, (images, predictions)
 
-    outputs = self._strategy.run(step_fn, args=(next(iterator),))
-    self._global_step.assign_add(1)
+    losses, gradients, flags, outputs = self._strategy.run(
+        step_fn, args=(next(iterator),))
+    applied = self._guarded_apply(losses, gradients, flags)
+    # After the step's checks: a failed step leaves the global step as is.
+    with tf.control_dependencies([applied]):
+      self._global_step.assign_add(1)
     if self._image_steps > 0:
       batch, predictions = tf.nest.map_structure(
           lambda x: self._strategy.experimental_local_results(x)[0], outputs)
@@ -139,16 +225,56 @@ class KMaXTrainer(orbit.StandardTrainer):
               lambda: self._write_images(batch, predictions),
               lambda: tf.constant(False))
 
+  def train(self, num_steps):
+    """Orbit's loop; the host matcher's non-finite error becomes ours."""
+    try:
+      return super().train(num_steps)
+    except tf.errors.OpError as e:
+      if matching.NON_FINITE_COST not in (e.message or ""):
+        raise
+      step = int(self._global_step.numpy()) + 1
+      detail = e.message[e.message.index(matching.NON_FINITE_COST):]
+      raise NonFiniteLossError(
+          f"Non-finite matching cost at step {step} ({detail.splitlines()[0]})"
+          f"; the step was not applied and nothing is saved. "
+          f"{self._advice()}") from None
+
+  def _advice(self) -> str:
+    latest = tf.train.latest_checkpoint(self._model_dir)
+    return (f"The last good checkpoint in {self._model_dir} ({latest}) is "
+            "kept; lower the learning rate or enable gradient clipping and "
+            "resume.")
+
+  def _check_non_finite(self):
+    """Raises for a step that stopped the run; logs newly skipped steps."""
+    stop_step = int(self._stop_step.numpy())
+    skipped = int(self._skipped.numpy())
+    if stop_step:
+      kind = int(self._stop_kind.numpy())
+      names = " and ".join(q for i, q in enumerate(QUANTITIES)
+                           if kind & (1 << i))
+      raise NonFiniteLossError(
+          f"Non-finite {names} at step {stop_step}; the step was not applied "
+          f"and nothing is saved ({skipped} earlier non-finite steps skipped, "
+          f"trainer_options.max_skipped_non_finite_steps "
+          f"{self._max_skipped}). {self._advice()}")
+    if skipped > self._skipped_logged:
+      logging.warning("Skipped %d non-finite steps so far (no update "
+                      "applied; at most %d allowed).", skipped,
+                      self._max_skipped)
+      self._skipped_logged = skipped
+    return skipped
+
   def train_loop_end(self):
+    skipped = self._check_non_finite()
     step = int(self._global_step.numpy())
     results = {name: metric.result() for name, metric in
                self._loss_metrics.items()}
     total = float(results[max_deeplab_loss.TOTAL])
     if not math.isfinite(total):
       raise NonFiniteLossError(
-          f"Training loss became {total} at step {step}; stopping without "
-          f"saving. The last good checkpoint in {self._model_dir} is kept; "
-          "lower the learning rate or enable gradient clipping and resume.")
+          f"Non-finite loss (loop mean {total}) at step {step}; nothing is "
+          f"saved. {self._advice()}")
     elapsed = max(time.time() - self._loop_start, 1e-9)
     steps = max(step - self._loop_start_step, 1)
     images_per_second = steps * self._batch_size / elapsed
@@ -162,5 +288,6 @@ class KMaXTrainer(orbit.StandardTrainer):
                  eta // 60, eta % 60)
     results.update({"learning_rate": learning_rate,
                     "images_per_second": images_per_second,
-                    "step_time": elapsed / steps})
+                    "step_time": elapsed / steps,
+                    SKIPPED_SUMMARY: skipped})
     return results

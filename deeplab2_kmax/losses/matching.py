@@ -9,14 +9,24 @@ Two interchangeable implementations that return the same optimal assignment:
 Costs are [B, M, N] with M ground-truth rows (padded ones masked out by
 `valid_rows`) and N slots; both return a 0/1 matrix [B, M, N] with at most
 one 1 per row and column, matching every valid row when M_valid <= N.
+
+The host matcher rejects a NaN/Inf cost of a valid row with the library's
+`NonFiniteLossError` (SciPy's own "invalid numeric entries" would not say
+where it came from). Inside `tf.numpy_function` that error reaches Python as
+a TensorFlow error whose message holds `NON_FINITE_COST`; the trainer turns
+it back into `NonFiniteLossError` (`KMaXTrainer.train`).
 """
 
 import numpy as np
 from scipy import optimize
 import tensorflow as tf
 
+from deeplab2_kmax.trainer import checkpoint_guard
+
 IMPLEMENTATIONS = ("auto", "scipy", "tensorflow")
 _PAD_COST = 1e6
+# In the matcher's error message, so the host can recognise it in a TF error.
+NON_FINITE_COST = "non-finite Hungarian matching cost"
 
 
 def _scipy_one(cost: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -28,7 +38,19 @@ def _scipy_one(cost: np.ndarray, valid: np.ndarray) -> np.ndarray:
   return permutation
 
 
+def check_finite_cost(cost: np.ndarray, valid: np.ndarray):
+  """Raises NonFiniteLossError if a valid row of cost [B, M, N] is NaN/Inf."""
+  bad = ~np.isfinite(cost) & valid[:, :, np.newaxis]
+  if bad.any():
+    images = sorted(set(np.nonzero(bad)[0].tolist()))
+    raise checkpoint_guard.NonFiniteLossError(
+        f"{NON_FINITE_COST}: {int(bad.sum())} of {bad.size} entries are "
+        f"NaN/Inf (batch images {images}); the model outputs went "
+        "non-finite")
+
+
 def _scipy_batch(cost: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  check_finite_cost(cost, valid)
   return np.stack([_scipy_one(c.astype(np.float64), v)
                    for c, v in zip(cost, valid)]).astype(np.float32)
 
