@@ -34,6 +34,10 @@ def _define_flags() -> None:
   flags.DEFINE_string("tpu", None, "TPU name.")
   flags.DEFINE_multi_string(
       "define", [], "NAME=VALUE to fill ${NAME} in the config.")
+  flags.DEFINE_float(
+      "lock_max_age_hours", 24.0,
+      "A model_dir lock whose holder has not refreshed it for this long is "
+      "taken over (a dead holder on this host is detected at once).")
 
 
 def parse_defines(defines):
@@ -67,8 +71,9 @@ def main(argv):
           + " (pass --define NAME=VALUE or set the environment variable)")
     strategy = distribution.get_strategy(FLAGS.num_gpus, FLAGS.master,
                                          FLAGS.tpu)
-    metrics = train_lib.run_experiment(config, FLAGS.model_dir, FLAGS.mode,
-                                       strategy)
+    metrics = train_lib.run_experiment(
+        config, FLAGS.model_dir, FLAGS.mode, strategy,
+        lock_max_age_s=FLAGS.lock_max_age_hours * 3600)
   except (config_loader.ConfigError, train_lib.ExperimentError,
           trainer_lib.NonFiniteLossError) as e:
     logging.error("%s", e)

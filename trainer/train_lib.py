@@ -22,6 +22,7 @@ from deeplab2_kmax.losses import max_deeplab_loss
 from deeplab2_kmax.trainer import checkpoint_guard
 from deeplab2_kmax.trainer import evaluator as evaluator_lib
 from deeplab2_kmax.trainer import initial_checkpoint
+from deeplab2_kmax.trainer import run_lock
 from deeplab2_kmax.trainer import trainer as trainer_lib
 
 MODES = ("train", "eval", "train_and_eval", "continuous_eval")
@@ -46,8 +47,9 @@ def _check_model_dir(model_dir: str):
 
 
 def _check_data(options, field: str):
+  """Files exist and their record headers are sound (a fast scan)."""
   try:
-    input_pipeline.list_files(list(options.file_pattern))
+    input_pipeline.scan_records(list(options.file_pattern))
   except (ValueError, OSError) as e:
     raise ExperimentError(f"{field}.file_pattern: {e}") from None
 
@@ -126,13 +128,38 @@ def worker_write_dir(strategy: tf.distribute.Strategy, model_dir: str) -> str:
 
 
 def run_experiment(config, model_dir: str, mode: str = "train_and_eval",
-                   strategy: Optional[tf.distribute.Strategy] = None
+                   strategy: Optional[tf.distribute.Strategy] = None,
+                   lock_max_age_s: float = run_lock.DEFAULT_MAX_AGE_S
                    ) -> Dict[str, float]:
-  """Trains and/or evaluates; returns the last evaluation metrics (if any)."""
+  """Trains and/or evaluates; returns the last evaluation metrics (if any).
+
+  In the training modes the chief holds model_dir's lock (`run_lock`) for the
+  whole run, so a second trainer on the same model_dir refuses to start; a
+  lock whose holder died, or silent for `lock_max_age_s`, is taken over. The
+  chief also removes the `*_temp` folders of interrupted checkpoint saves.
+  """
   if mode not in MODES:
     raise ExperimentError(f"--mode must be one of {MODES}, got {mode!r}")
   strategy = strategy or tf.distribute.get_strategy()
   _check_model_dir(model_dir)
+  lock = None
+  if mode in ("train", "train_and_eval") and (
+      worker_write_dir(strategy, model_dir) == model_dir):
+    try:
+      lock = run_lock.acquire(model_dir, lock_max_age_s)
+    except run_lock.LockHeldError as e:
+      raise ExperimentError(str(e)) from None
+    run_lock.remove_stale_temp_dirs(model_dir)
+  try:
+    return _experiment(config, model_dir, mode, strategy)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _experiment(config, model_dir: str, mode: str,
+                strategy: tf.distribute.Strategy) -> Dict[str, float]:
+  """Checks the data, builds everything and runs `mode`."""
   model_dir = worker_write_dir(strategy, model_dir)
   training = mode in ("train", "train_and_eval")
   evaluating = mode != "train"
@@ -200,7 +227,29 @@ def run_experiment(config, model_dir: str, mode: str = "train_and_eval",
       summary_dir=os.path.join(model_dir, "train"),
       eval_summary_dir=os.path.join(model_dir, "eval"))
   record_experiment(config, model_dir, mode, int(global_step.numpy()))
-  return _run(controller, manager, config, model, model_dir, mode)
+  try:
+    return _run(controller, manager, config, model, model_dir, mode)
+  except tf.errors.DataLossError as e:
+    named = _name_corrupt_file(config, training, evaluating)
+    if named is None:
+      raise
+    raise named from e
+
+
+def _name_corrupt_file(config, training: bool, evaluating: bool
+                       ) -> Optional[ExperimentError]:
+  """The file behind a tf.data DataLossError (which omits it), if found."""
+  fields = (["train_dataset_options"] if training else []) + (
+      ["eval_dataset_options"] if evaluating else [])
+  for field in fields:
+    logging.error("A record failed to read: checking every record of %s to "
+                  "name the file", field)
+    try:
+      input_pipeline.validate_records(
+          list(getattr(config, field).file_pattern))
+    except input_pipeline.CorruptRecordError as e:
+      return ExperimentError(f"{field}.file_pattern: {e}")
+  return None
 
 
 def _run(controller, manager, config, model, model_dir: str, mode: str

@@ -14,8 +14,11 @@ Every random draw is stateless, seeded by `(seed, sample index)`, so a run
 with a seed is reproducible regardless of parallelism.
 """
 
+import os
 import random
+import struct
 from typing import Dict
+from typing import List
 from typing import Optional
 from typing import Sequence
 from typing import Tuple
@@ -44,21 +47,101 @@ def list_files(file_pattern: Union[str, Sequence[str]]) -> Tuple[str, ...]:
   return tuple(sorted(set(files)))
 
 
+class CorruptRecordError(ValueError):
+  """A TFRecord file that cannot be read; names the file and the offset."""
+
+
+def _crc32c_table() -> Tuple[int, ...]:
+  table = []
+  for byte in range(256):
+    crc = byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    table.append(crc)
+  return tuple(table)
+
+
+_CRC32C = _crc32c_table()
+
+
+def _masked_crc32c(data: bytes) -> int:
+  """TFRecord's masked CRC-32C (Castagnoli) of a few bytes."""
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+  crc ^= 0xFFFFFFFF
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def scan_record_headers(path: str) -> List[int]:
+  """Walks the record headers of one file; returns each record's offset.
+
+  Checks every length's CRC and that each record fits in the file (what a
+  truncated or overwritten shard breaks) without reading the data, then the
+  first record's data CRC. Raises CorruptRecordError naming the file, the
+  record and its byte offset.
+  """
+  offsets = []
+  local = "://" not in path
+  with (open(path, "rb") if local else tf.io.gfile.GFile(path, "rb")) as f:
+    size = os.fstat(f.fileno()).st_size if local else f.size()
+    offset = 0
+    while offset < size:
+      where = f"{path}: record {len(offsets)} at byte offset {offset}"
+      header = f.read(12)
+      if len(header) < 12:
+        raise CorruptRecordError(f"Corrupt TFRecord file {where}: truncated "
+                                 f"header ({size - offset} bytes left)")
+      length, crc = struct.unpack("<QI", header)
+      if _masked_crc32c(header[:8]) != crc:
+        raise CorruptRecordError(f"Corrupt TFRecord file {where}: header "
+                                 "checksum mismatch (not a TFRecord, or "
+                                 "overwritten bytes)")
+      end = offset + 12 + length + 4
+      if end > size:
+        raise CorruptRecordError(
+            f"Corrupt TFRecord file {where}: the record needs {length + 16} "
+            f"bytes, {size - offset} are left (truncated file)")
+      offsets.append(offset)
+      offset = end
+      f.seek(offset)
+  try:
+    for _ in tf.data.TFRecordDataset(path).take(1):
+      pass
+  except tf.errors.DataLossError as e:
+    raise CorruptRecordError(f"Corrupt TFRecord file {path}: record 0 at "
+                             f"byte offset 0: {e.message}") from None
+  return offsets
+
+
+def scan_records(file_pattern: Union[str, Sequence[str]]) -> int:
+  """`scan_record_headers` of every matching file; returns the records."""
+  return sum(len(scan_record_headers(path))
+             for path in list_files(file_pattern))
+
+
 def validate_records(file_pattern: Union[str, Sequence[str]]) -> int:
-  """Reads every record of every file; raises naming the first bad file.
+  """Reads and decodes every record of every file; returns their number.
 
   tf.data reports a truncated or corrupt TFRecord without its file name, so
-  callers that want a clear error up front (evaluation, small datasets) call
-  this first. Returns the number of records.
+  callers that want a clear error up front (evaluation, small datasets,
+  `check_config --check_data`) call this first. Raises CorruptRecordError
+  naming the first bad file, record and byte offset.
   """
   total = 0
   for path in list_files(file_pattern):
+    offsets = scan_record_headers(path)
+    index = 0  # Records read and decoded so far.
     try:
       for record in tf.data.TFRecordDataset(path):
         tfrecord.decode_example(record)
-        total += 1
+        index += 1
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-      raise ValueError(f"Corrupt TFRecord file {path}: {e.message}") from e
+      offset = offsets[index] if index < len(offsets) else "?"
+      raise CorruptRecordError(
+          f"Corrupt TFRecord file {path}: record {index} at byte offset "
+          f"{offset}: {e.message}") from e
+    total += len(offsets)
   return total
 
 

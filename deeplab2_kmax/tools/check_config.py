@@ -6,6 +6,10 @@ Exits 0 only if every file parses and validates. `${VAR}` placeholders still
 unresolved in file paths are listed as notes, not errors (a config can be
 checked before its data exists). Placeholders are filled from the
 environment, and from `--define NAME=VALUE` flags.
+
+`--check_data` also reads and decodes every record of the train and eval
+files (a config whose data cannot be found or read is then invalid); the
+error names the file, the record and its byte offset.
 """
 
 import sys
@@ -17,6 +21,7 @@ from absl import app
 from absl import flags
 
 from deeplab2_kmax import config_loader
+from deeplab2_kmax.data import input_pipeline
 
 FLAGS = flags.FLAGS
 
@@ -25,6 +30,9 @@ def _define_flags() -> None:
   """CLI flags; defined only when run as a program (modules share names)."""
   flags.DEFINE_multi_string(
       "define", [], "NAME=VALUE to fill ${NAME} placeholders (repeatable).")
+  flags.DEFINE_bool(
+      "check_data", False,
+      "Also read every record of the train and eval files (full check).")
 
 
 def parse_defines(defines: Sequence[str]) -> Dict[str, str]:
@@ -38,12 +46,31 @@ def parse_defines(defines: Sequence[str]) -> Dict[str, str]:
   return values
 
 
-def check_files(paths: Sequence[str], values: Dict[str, str]) -> List[str]:
-  """Returns one error message per invalid file; prints a line per file."""
+def check_data(config) -> Dict[str, int]:
+  """Records per dataset field; raises ConfigError naming a bad file."""
+  counts = {}
+  for field in ("train_dataset_options", "eval_dataset_options"):
+    patterns = list(getattr(config, field).file_pattern)
+    if not patterns:
+      continue
+    try:
+      counts[field] = input_pipeline.validate_records(patterns)
+    except (ValueError, OSError) as e:
+      raise config_loader.ConfigError(f"{field}.file_pattern: {e}") from None
+  return counts
+
+
+def check_files(paths: Sequence[str], values: Dict[str, str],
+                with_data: bool = False) -> List[str]:
+  """Returns one error message per invalid file; prints a line per file.
+
+  With `with_data`, every record of the config's datasets is read too.
+  """
   errors = []
   for path in paths:
     try:
       config = config_loader.load_config(path, values)
+      counts = check_data(config) if with_data else {}
     except config_loader.ConfigError as e:
       errors.append(str(e))
       print(f"INVALID {e}", file=sys.stderr)
@@ -53,6 +80,9 @@ def check_files(paths: Sequence[str], values: Dict[str, str]) -> List[str]:
     if notes:
       suffix = " (unresolved: " + ", ".join(
           f"{field}={value}" for field, value in sorted(notes.items())) + ")"
+    if counts:
+      suffix += " (records: " + ", ".join(
+          f"{field}={count}" for field, count in counts.items()) + ")"
     print(f"OK {path}{suffix}")
   return errors
 
@@ -66,7 +96,7 @@ def main(argv):
   except config_loader.ConfigError as e:
     print(f"ERROR {e}", file=sys.stderr)
     sys.exit(2)
-  errors = check_files(paths, values)
+  errors = check_files(paths, values, with_data=FLAGS.check_data)
   if errors:
     print(f"{len(errors)} of {len(paths)} config(s) invalid.", file=sys.stderr)
     sys.exit(1)
