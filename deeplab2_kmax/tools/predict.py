@@ -3,7 +3,9 @@
   python -m deeplab2_kmax.tools.predict --saved_model=DIR --image=photo.jpg \
       [--output=overlay.png] [--cluster_panels=clusters.png]
 
-Any size works; grayscale and RGBA images are converted to RGB. The overlay
+Any size works; grayscale (8 or 16 bit), RGBA and palette images are
+converted to RGB (16-bit values scaled, not clipped), and the EXIF
+orientation is applied. The overlay
 shows each panoptic segment in its class colour over the image. When the
 SavedModel returns `cluster_assignments` (one hard pixel-to-centre assignment
 per kMaX layer), `--cluster_panels` writes them side by side (paper Fig. 4).
@@ -18,6 +20,7 @@ from absl import app
 from absl import flags
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
 from deeplab2_kmax import visualization
@@ -43,13 +46,39 @@ class PredictError(ValueError):
   """An input that cannot be predicted on; the message names it."""
 
 
+def _high_depth_to_uint8(image: Image.Image) -> np.ndarray:
+  """A 16-bit, 32-bit integer or float single-channel image as uint8 [H, W].
+
+  Scaled to the full 8-bit range, not clipped: 16-bit images by 255/65535;
+  32-bit integers by their likely depth (8 or 16 bits, else their maximum);
+  floats in [0, 1] by 255.
+  """
+  values = np.asarray(image, dtype=np.float64)
+  peak = float(values.max()) if values.size else 0.0
+  if image.mode.startswith("I;16"):
+    full = 65535.0
+  elif image.mode == "F" and peak <= 1.0:
+    full = 1.0
+  else:
+    full = next((f for f in (255.0, 65535.0) if peak <= f), peak)
+  return np.clip(np.rint(values * (255.0 / full)), 0, 255).astype(np.uint8)
+
+
 def read_rgb_image(path: str) -> np.ndarray:
-  """Reads `path` as [H, W, 3] uint8 RGB; grayscale/RGBA/palette converted."""
+  """Reads `path` as [H, W, 3] uint8 RGB.
+
+  Grayscale, RGBA, palette and 16-bit images are converted (16-bit scaled,
+  not clipped) and the EXIF orientation is applied.
+  """
   if not os.path.isfile(path):
     raise PredictError(f"{path}: no such image file")
   try:
     with Image.open(path) as image:
       image.load()
+      image = ImageOps.exif_transpose(image)
+      if image.mode.startswith("I") or image.mode == "F":
+        gray = _high_depth_to_uint8(image)
+        return np.repeat(gray[..., None], 3, axis=-1)
       if image.mode in ("RGBA", "LA") or (
           image.mode == "P" and "transparency" in image.info):
         # Composite on black so transparent areas do not show stale colours.

@@ -71,6 +71,27 @@ def test_rgba_is_composited_to_rgb(tmp_path):
   np.testing.assert_array_equal(rgb[3, 0], [0, 0, 0])
 
 
+def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
+  values = np.array([[0, 257, 32768, 65535]], np.uint16)
+  Image.fromarray(values).save(tmp_path / "deep.png")
+  with Image.open(tmp_path / "deep.png") as stored:
+    assert stored.mode.startswith("I")  # Pillow keeps the 16 bits.
+  rgb = predict.read_rgb_image(str(tmp_path / "deep.png"))
+  expected = np.rint(values / 65535.0 * 255.0).astype(np.uint8)  # 0 1 128 255
+  assert rgb.dtype == np.uint8 and rgb.shape == (1, 4, 3)
+  for channel in range(3):
+    np.testing.assert_array_equal(rgb[..., channel], expected)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+  array = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
+  exif = Image.Exif()
+  exif[0x0112] = 6  # The camera was turned: display rotated 90° clockwise.
+  Image.fromarray(array).save(tmp_path / "turned.png", exif=exif)
+  rgb = predict.read_rgb_image(str(tmp_path / "turned.png"))
+  np.testing.assert_array_equal(rgb, np.rot90(array, k=-1))
+
+
 def test_non_image_file_gives_a_clear_error(tmp_path, saved_model):
   bogus = tmp_path / "notes.png"
   bogus.write_text("this is not an image")
