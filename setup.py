@@ -71,8 +71,14 @@ setuptools.setup(
         # panopticapi-lite and cityscapesscripts are installed --no-deps by
         # `make install-test` (their pins clash with numpy 2); pyquaternion is
         # the one import cityscapesscripts' evaluation needs.
+        # ONNX / LiteRT export (`export_model --format=onnx|tflite`).
+        "export": ["tf2onnx", "onnxruntime", "ai-edge-litert"],
+        # Video input and output for `predict --input=VIDEO`.
+        "video": ["imageio", "imageio-ffmpeg"],
         "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff",
-                 "grpcio-tools", "pyquaternion"],
+                 "grpcio-tools", "pyquaternion",
+                 "tf2onnx", "onnxruntime", "ai-edge-litert",
+                 "imageio", "imageio-ffmpeg"],
     },
     cmdclass={"build_py": BuildPyWithProtos, "develop": DevelopWithProtos},
 )
