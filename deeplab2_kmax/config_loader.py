@@ -1,10 +1,11 @@
 """Turns a textproto experiment file into a validated `ExperimentOptions`.
 
-Loading has three steps, each with errors that name the file:
+Loading has four steps, each with errors that name the file:
 1. `${VAR}` placeholders are filled from explicit values (flags), then from
-   the environment. Unknown ones are left as they are.
+   the environment. Unknown ones are left as they are (`config_text`).
 2. The text is parsed into `ExperimentOptions` (parse errors give the line).
-3. Semantic validation: known dataset and backbone, supported crop sizes,
+3. `--config_override` fragments are merged over it (`config_text`).
+4. Semantic validation: known dataset and backbone, supported crop sizes,
    thresholds in [0, 1], positive counts, ... (`validate`).
 
 Unresolved placeholders in file paths (file patterns, checkpoints) are
@@ -13,20 +14,18 @@ be checked before its data exists.
 """
 
 import dataclasses
-import os
 import re
-from typing import Dict
 from typing import List
 from typing import Mapping
 from typing import Optional
+from typing import Sequence
 
 from google.protobuf import text_format
 
+from deeplab2_kmax import config_text
 from deeplab2_kmax.data import dataset_registry
 from deeplab2_kmax.model.transformer_decoder import head_split
 from deeplab2_kmax.protos import config_pb2
-
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 BACKBONES = ("resnet50", "axial_resnet50", "convnext_tiny", "convnext_small",
              "convnext_base", "convnext_large")
@@ -45,31 +44,15 @@ RAW_PANOPTIC_FORMATS = ("two_channel_png", "three_channel_png",
 EVAL_ID_DATASETS = ("cityscapes_panoptic",)
 
 
-class ConfigError(ValueError):
-  """A config that cannot be parsed or is not valid; names file and field."""
+ConfigError = config_text.ConfigError
+parse_defines = config_text.parse_defines
+substitute_placeholders = config_text.substitute_placeholders
+unresolved_placeholders = config_text.unresolved_placeholders
 
 
 def canonical_backbone_name(name: str) -> str:
   """Maps DeepLab2's 'kmax_resnet50' style names onto ours."""
   return name[len("kmax_"):] if name.startswith("kmax_") else name
-
-
-def substitute_placeholders(text: str,
-                            values: Optional[Mapping[str, str]] = None,
-                            environ: Optional[Mapping[str, str]] = None) -> str:
-  """Replaces `${NAME}` by values[NAME], else environ[NAME], else leaves it."""
-  values = values or {}
-  environ = os.environ if environ is None else environ
-
-  def replace(match):
-    name = match.group(1)
-    if name in values:
-      return str(values[name])
-    if name in environ:
-      return environ[name]
-    return match.group(0)
-
-  return _PLACEHOLDER.sub(replace, text)
 
 
 def parse_config(text: str, path: str = "<string>") -> config_pb2.ExperimentOptions:
@@ -90,16 +73,25 @@ def parse_config(text: str, path: str = "<string>") -> config_pb2.ExperimentOpti
 
 def load_config(path: str,
                 values: Optional[Mapping[str, str]] = None,
-                validate_config: bool = True) -> config_pb2.ExperimentOptions:
-  """Reads, fills placeholders, parses and (by default) validates `path`."""
+                validate_config: bool = True,
+                overrides: Sequence[str] = ()) -> config_pb2.ExperimentOptions:
+  """Reads, fills placeholders, parses, overrides, validates `path`.
+
+  Args:
+    path: the textproto file.
+    values: `${NAME}` values (from --define); the environment comes next.
+    validate_config: run `validate` (tools that only build a model skip it).
+    overrides: `--config_override` textproto fragments, merged in order.
+  """
   try:
     with open(path, encoding="utf-8") as f:
       text = f.read()
   except OSError as e:
     raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
   config = parse_config(substitute_placeholders(text, values), path)
+  config_text.apply_overrides(config, overrides, values)
   if validate_config:
-    validate(config, path)
+    validate(config, f"{path} with --config_override" if overrides else path)
   return config
 
 
@@ -398,25 +390,3 @@ def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
   if c.problems:
     details = "\n  ".join(c.problems)
     raise ConfigError(f"{path}: invalid config:\n  {details}")
-
-
-def unresolved_placeholders(config: config_pb2.ExperimentOptions) -> Dict[str, str]:
-  """Returns {field: value} for file-path fields still holding `${VAR}`."""
-  paths = {
-      "model_options.initial_checkpoint":
-          [config.model_options.initial_checkpoint],
-      "model_options.backbone.pretrained_weights":
-          [config.model_options.backbone.pretrained_weights],
-      "train_dataset_options.file_pattern":
-          list(config.train_dataset_options.file_pattern),
-      "eval_dataset_options.file_pattern":
-          list(config.eval_dataset_options.file_pattern),
-      "evaluator_options.override_save_dir":
-          [config.evaluator_options.override_save_dir],
-  }
-  found = {}
-  for field, values in paths.items():
-    for value in values:
-      if _PLACEHOLDER.search(value):
-        found[field] = value
-  return found

@@ -2,13 +2,15 @@ r"""Trains and/or evaluates kMaX-DeepLab from a textproto config.
 
   python -m deeplab2_kmax.trainer.train --config_file=F --model_dir=D \
       --mode={train,eval,train_and_eval,continuous_eval} [--num_gpus=K] \
-      [--master=TPU_ADDRESS] [--tpu=NAME] [--define NAME=VALUE ...]
+      [--master=TPU_ADDRESS] [--tpu=NAME] [--define NAME=VALUE ...] \
+      [--config_override='trainer_options { steps_per_loop: 10 }' ...]
 
 `${NAME}` placeholders in the config are filled from --define, then from the
-environment. Re-running the same command resumes from the last checkpoint.
+environment; `--config_override` textproto fragments replace the file's
+values for the fields they set (validated like the file). Re-running the
+same command resumes from the last checkpoint.
 """
 
-import os
 import sys
 
 from absl import app
@@ -16,6 +18,7 @@ from absl import flags
 from absl import logging
 
 from deeplab2_kmax import config_loader
+from deeplab2_kmax import config_text
 
 FLAGS = flags.FLAGS
 
@@ -34,21 +37,14 @@ def _define_flags() -> None:
   flags.DEFINE_string("tpu", None, "TPU name.")
   flags.DEFINE_multi_string(
       "define", [], "NAME=VALUE to fill ${NAME} in the config.")
+  flags.DEFINE_multi_string(
+      "config_override", [],
+      "A textproto fragment of ExperimentOptions merged over the file "
+      "(repeatable; a repeated field it sets replaces the file's list).")
   flags.DEFINE_float(
       "lock_max_age_hours", 24.0,
       "A model_dir lock whose holder has not refreshed it for this long is "
       "taken over (a dead holder on this host is detected at once).")
-
-
-def parse_defines(defines):
-  values = dict(os.environ)
-  for item in defines:
-    if "=" not in item:
-      raise config_loader.ConfigError(
-          f"--define {item!r}: expected NAME=VALUE")
-    name, value = item.split("=", 1)
-    values[name] = value
-  return values
 
 
 def main(argv):
@@ -61,14 +57,13 @@ def main(argv):
   from deeplab2_kmax.trainer import train_lib  # pylint: disable=g-import-not-at-top
   from deeplab2_kmax.trainer import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   try:
-    config = config_loader.load_config(FLAGS.config_file,
-                                       parse_defines(FLAGS.define))
+    config = config_loader.load_config(
+        FLAGS.config_file, config_loader.parse_defines(FLAGS.define),
+        overrides=FLAGS.config_override)
     missing = config_loader.unresolved_placeholders(config)
     if missing:
       raise config_loader.ConfigError(
-          f"{FLAGS.config_file}: unresolved placeholders "
-          + ", ".join(f"{field}: {value}" for field, value in missing.items())
-          + " (pass --define NAME=VALUE or set the environment variable)")
+          config_text.describe_unresolved(FLAGS.config_file, missing))
     strategy = distribution.get_strategy(FLAGS.num_gpus, FLAGS.master,
                                          FLAGS.tpu)
     metrics = train_lib.run_experiment(
@@ -76,7 +71,7 @@ def main(argv):
         lock_max_age_s=FLAGS.lock_max_age_hours * 3600)
   except (config_loader.ConfigError, train_lib.ExperimentError,
           trainer_lib.NonFiniteLossError) as e:
-    logging.error("%s", e)
+    # Once, on stderr (absl's handler would print it a second time).
     print(f"ERROR: {e}", file=sys.stderr)
     sys.exit(1)
   for name, value in sorted(metrics.items()):

@@ -4,8 +4,10 @@
 
 Exits 0 only if every file parses and validates. `${VAR}` placeholders still
 unresolved in file paths are listed as notes, not errors (a config can be
-checked before its data exists). Placeholders are filled from the
-environment, and from `--define NAME=VALUE` flags.
+checked before its data exists); with `--strict` they are errors, as they are
+for training. Placeholders are filled from `--define NAME=VALUE` flags, then
+from the environment; `--config_override` fragments are merged over each file
+as the trainer merges them.
 
 `--check_data` also reads and decodes every record of the train and eval
 files (a config whose data cannot be found or read is then invalid); the
@@ -21,6 +23,7 @@ from absl import app
 from absl import flags
 
 from deeplab2_kmax import config_loader
+from deeplab2_kmax import config_text
 from deeplab2_kmax.data import input_pipeline
 
 FLAGS = flags.FLAGS
@@ -30,20 +33,15 @@ def _define_flags() -> None:
   """CLI flags; defined only when run as a program (modules share names)."""
   flags.DEFINE_multi_string(
       "define", [], "NAME=VALUE to fill ${NAME} placeholders (repeatable).")
+  flags.DEFINE_multi_string(
+      "config_override", [],
+      "A textproto fragment merged over each file, as train's flag.")
+  flags.DEFINE_bool(
+      "strict", False,
+      "Unresolved ${NAME} placeholders in file paths are errors, not notes.")
   flags.DEFINE_bool(
       "check_data", False,
       "Also read every record of the train and eval files (full check).")
-
-
-def parse_defines(defines: Sequence[str]) -> Dict[str, str]:
-  values = {}
-  for define in defines:
-    name, sep, value = define.partition("=")
-    if not sep or not name:
-      raise config_loader.ConfigError(
-          f"--define {define!r}: expected NAME=VALUE")
-    values[name] = value
-  return values
 
 
 def check_data(config) -> Dict[str, int]:
@@ -61,21 +59,26 @@ def check_data(config) -> Dict[str, int]:
 
 
 def check_files(paths: Sequence[str], values: Dict[str, str],
-                with_data: bool = False) -> List[str]:
+                with_data: bool = False, strict: bool = False,
+                overrides: Sequence[str] = ()) -> List[str]:
   """Returns one error message per invalid file; prints a line per file.
 
-  With `with_data`, every record of the config's datasets is read too.
+  With `with_data`, every record of the config's datasets is read too; with
+  `strict`, unresolved placeholders in file paths are errors.
   """
   errors = []
   for path in paths:
     try:
-      config = config_loader.load_config(path, values)
+      config = config_loader.load_config(path, values, overrides=overrides)
+      notes = config_loader.unresolved_placeholders(config)
+      if strict and notes:
+        raise config_loader.ConfigError(
+            config_text.describe_unresolved(path, notes))
       counts = check_data(config) if with_data else {}
     except config_loader.ConfigError as e:
       errors.append(str(e))
       print(f"INVALID {e}", file=sys.stderr)
       continue
-    notes = config_loader.unresolved_placeholders(config)
     suffix = ""
     if notes:
       suffix = " (unresolved: " + ", ".join(
@@ -92,11 +95,12 @@ def main(argv):
   if not paths:
     raise app.UsageError("Give one or more config files.")
   try:
-    values = parse_defines(FLAGS.define)
+    values = config_loader.parse_defines(FLAGS.define)
   except config_loader.ConfigError as e:
     print(f"ERROR {e}", file=sys.stderr)
     sys.exit(2)
-  errors = check_files(paths, values, with_data=FLAGS.check_data)
+  errors = check_files(paths, values, with_data=FLAGS.check_data,
+                       strict=FLAGS.strict, overrides=FLAGS.config_override)
   if errors:
     print(f"{len(errors)} of {len(paths)} config(s) invalid.", file=sys.stderr)
     sys.exit(1)

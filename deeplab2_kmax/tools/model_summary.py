@@ -12,7 +12,6 @@ frozen graph (float ops / 2), the method of reference/deeplab2_anchors.md.
 """
 
 import json
-import os
 import sys
 from typing import Dict
 from typing import Sequence
@@ -80,11 +79,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS.config_file:
     raise app.UsageError("--config_file is required.")
-  values = dict(os.environ)
-  values.update(d.split("=", 1) for d in FLAGS.define if "=" in d)
   try:
-    config = config_loader.load_config(FLAGS.config_file, values,
-                                       validate_config=False)
+    config = config_loader.load_config(
+        FLAGS.config_file, config_loader.parse_defines(FLAGS.define),
+        validate_config=False)
     if FLAGS.crop_size:
       if len(FLAGS.crop_size) != 2:
         raise ValueError("expected H,W")
