@@ -113,12 +113,14 @@ class KMaXEvaluator(orbit.StandardEvaluator):
       return writers.CityscapesPanopticWriter(
           self._save_dir, info.panoptic_label_divisor, info.ignore_label,
           info.class_names, info.class_has_instances, name=name)
-    categories = [{"id": c, "name": info.class_names[c],
+    # A dataset described by a file writes its source category ids.
+    ids = info.category_ids or range(info.num_classes)
+    categories = [{"id": ids[c], "name": info.class_names[c],
                    "isthing": int(info.class_has_instances[c])}
                   for c in range(info.num_classes) if c != info.ignore_label]
     return writers.CocoPanopticWriter(
         self._save_dir, info.panoptic_label_divisor, info.ignore_label,
-        categories, name=name)
+        categories, name=name, category_ids=info.category_ids)
 
   def eval_step(self, iterator):
     def step_fn(batch):

@@ -10,13 +10,19 @@ they keep their fresh initialisation whatever their shape in the checkpoint
 ones whose outputs are classes: every transformer class head (the final one
 and the one in each kMaX layer) and the auxiliary semantic head's last
 convolution (DeepLab2's `semantic_last_layer`).
+
+Every restore is reported by variable name in the log: restored,
+re-initialised (class-specific, not restored) and, with a warning, any
+variable the checkpoint does not hold (left initialised).
 """
 
 from typing import Dict
 from typing import List
+from typing import Optional
 
 from absl import logging
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 import tf_keras
 
 from deeplab2_kmax.model.heads import max_deeplab
@@ -70,6 +76,57 @@ def _graph_without(root, skipped_ids):
   return copy(root)
 
 
+def _checkpoint_shapes(model, path: str) -> Dict[int, Optional[List[int]]]:
+  """{id(variable): its shape in the checkpoint} for the variables of `model`
+  that the checkpoint holds, matched through the object graph as a restore
+  matches them."""
+  reader = tf.train.load_checkpoint(path)
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+  shapes = reader.get_variable_to_shape_map()
+  found, visited = {}, set()
+
+  def walk(obj, node_id: int):
+    if id(obj) in visited:
+      return
+    visited.add(id(obj))
+    node = graph.nodes[node_id]
+    if isinstance(obj, tf.Variable):
+      for attribute in node.attributes:
+        if attribute.name == "VARIABLE_VALUE":
+          found[id(obj)] = shapes.get(attribute.checkpoint_key)
+      return
+    children = {child.local_name: child.node_id for child in node.children}
+    for name, child in tf.train.TrackableView.children(obj).items():
+      if name in children:
+        walk(child, children[name])
+
+  root = {child.local_name: child.node_id for child in graph.nodes[0].children}
+  if "model" in root:
+    walk(model, root["model"])
+  return found
+
+
+def _report(model, path: str, skipped_ids) -> None:
+  """Logs, by name, what the restore from `path` restored and what not."""
+  try:
+    in_checkpoint = _checkpoint_shapes(model, path)
+  except (tf.errors.OpError, ValueError) as e:  # Reading worked; be lenient.
+    logging.warning("Could not list the variables of %s: %s", path, e)
+    return
+  restored, missing = [], []
+  for variable in model.variables:
+    if id(variable) in skipped_ids:
+      continue
+    (restored if id(variable) in in_checkpoint else missing).append(
+        variable.name)
+  logging.info("Restored from %s (%d variables): %s", path, len(restored),
+               ", ".join(restored))
+  if missing:
+    logging.warning("Not in %s, left initialised (%d variables): %s", path,
+                    len(missing), ", ".join(missing))
+
+
 def restore(model, path: str, restore_class_layers: bool = True) -> List[str]:
   """Restores `model` from the checkpoint `path`.
 
@@ -86,10 +143,11 @@ def restore(model, path: str, restore_class_layers: bool = True) -> List[str]:
       restored variable's shape differs (e.g. other classes while the
       class-specific layers are restored).
   """
-  skipped_variables, root = [], model
+  skipped_variables, skipped_ids, root = [], set(), model
   if not restore_class_layers:
     layers = class_specific_layers(model)
     skipped_variables = [v.name for layer in layers for v in layer.variables]
+    skipped_ids = {id(v) for layer in layers for v in layer.variables}
     root = _graph_without(model, {id(layer) for layer in layers})
   try:
     status = tf.train.Checkpoint(model=root).read(path)
@@ -103,7 +161,9 @@ def restore(model, path: str, restore_class_layers: bool = True) -> List[str]:
             if restore_class_layers else "")
     raise InitialCheckpointError(
         f"model_options.initial_checkpoint {path}: {e}{hint}") from None
+  _report(model, path, skipped_ids)
   if skipped_variables:
-    logging.info("Not restored from %s (%s: false), left initialised: %s",
-                 path, _FIELD, ", ".join(skipped_variables))
+    logging.info("Re-initialised, not restored from %s (%s: false; %d "
+                 "class-specific variables): %s", path, _FIELD,
+                 len(skipped_variables), ", ".join(skipped_variables))
   return skipped_variables

@@ -49,3 +49,19 @@ def tiny_data(directory, num_train=8, num_val=4):
                                seed=0, num_shards=1, image_size=64,
                                progress=False)
   return data_dir
+
+
+def accept_every_segment(config):
+  """Post-processing that keeps every slot and pixel, even after a few steps.
+
+  Every slot confident, pixels above the uniform probability 1 / 8 of the
+  tiny config's 8 slots (so every pixel is in a mask), no overlap or area
+  limit.
+  """
+  maskwise = config.evaluator_options.maskwise_postprocessing
+  maskwise.transformer_class_confidence_threshold_thing = 0.0
+  maskwise.transformer_class_confidence_threshold_stuff = 0.0
+  maskwise.overlapping_threshold = 0.0
+  config.evaluator_options.pixel_confidence_threshold = 1 / 8
+  config.evaluator_options.thing_area_limit = 0
+  config.evaluator_options.stuff_area_limit = 0
