@@ -1,6 +1,7 @@
 """SavedModel export for TF Serving (SPEC §8); CLI in `export_model`.
 
-`serving_default(image: uint8 [H, W, 3], any size)` preprocesses the image
+`serving_default(image: uint8 [H, W, 3], any size)` checks its input in the
+graph (`validated_images`: rank, 3 channels, H, W > 0) and preprocesses it
 exactly as the evaluation pipeline does (`preprocessing.eval_resize_and_pad`:
 resize to range with the eval dataset's min/max_resize_value and
 resize_factor, the cap never above the export crop, then pad with 127.5),
@@ -92,15 +93,48 @@ class _ServingModule(tf.Module):
         outputs[key] = results[key]
     return outputs
 
-  @tf.function(input_signature=[
-      tf.TensorSpec([None, None, 3], tf.uint8, name="image")])
+  # The inputs are declared without a shape so that any tensor a client
+  # sends (TF Serving does not check shapes) reaches the in-graph checks of
+  # `validated_images`, which answer with what the signature expects.
+  @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="image")])
   def serve(self, image):
-    return self._predict(image[tf.newaxis])
+    return self._predict(validated_images(image, batched=False)[tf.newaxis])
 
-  @tf.function(input_signature=[
-      tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+  @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
   def serve_batch(self, images):
-    return self._predict(images)
+    return self._predict(validated_images(images, batched=True))
+
+
+def validated_images(images: tf.Tensor, batched: bool) -> tf.Tensor:
+  """In-graph checks of a serving input; returns it with its static shape.
+
+  Args:
+    images: uint8 [H, W, 3] (`batched=False`) or [B, H, W, 3] of any shape
+      (the signature declares none).
+    batched: Whether a batch dimension is expected.
+
+  Returns:
+    `images` with the static shape [H, W, 3] or [B, H, W, 3].
+
+  Raises:
+    tf.errors.InvalidArgumentError: (when run) the rank is not 3 (4), the
+      last dimension is not 3 or an image (or the batch) is empty; the
+      message says what is expected and gives the shape received.
+  """
+  expected = ("a uint8 image batch [B, H, W, 3] with B, H, W > 0" if batched
+              else "a uint8 image [H, W, 3] with H, W > 0")
+  rank = 4 if batched else 3
+  message = f"serving input must be {expected} (RGB); got shape"
+  shape = tf.shape(images)
+  rank_ok = tf.debugging.Assert(tf.equal(tf.size(shape), rank),
+                                [message, shape], summarize=8)
+  with tf.control_dependencies([rank_ok]):  # Index the shape once valid.
+    dims_ok = tf.debugging.Assert(
+        tf.logical_and(tf.equal(shape[-1], 3),
+                       tf.reduce_all(shape[:-1] > 0)), [message, shape],
+        summarize=8)
+  with tf.control_dependencies([dims_ok]):
+    return tf.ensure_shape(tf.identity(images), [None] * (rank - 1) + [3])
 
 
 def resize_options(eval_options, crop_size):
