@@ -11,6 +11,7 @@ values for the fields they set (validated like the file). Re-running the
 same command resumes from the last checkpoint.
 """
 
+import os
 import sys
 
 from absl import app
@@ -52,6 +53,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS.config_file or not FLAGS.model_dir:
     raise app.UsageError("--config_file and --model_dir are required.")
+  # TensorFlow's C++ INFO lines (CPU features, oneDNN, ...) stay out of the
+  # way unless asked for; set before TensorFlow is imported.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+  from deeplab2_kmax.trainer import console  # pylint: disable=g-import-not-at-top
+  console.init_devices()
+  console.quiet_library_logs()
   # Imported late so flag errors stay fast.
   from deeplab2_kmax.trainer import distribution  # pylint: disable=g-import-not-at-top
   from deeplab2_kmax.trainer import train_lib  # pylint: disable=g-import-not-at-top

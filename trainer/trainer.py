@@ -36,6 +36,7 @@ from deeplab2_kmax import visualization
 from deeplab2_kmax.losses import matching
 from deeplab2_kmax.losses import max_deeplab_loss
 from deeplab2_kmax.trainer import checkpoint_guard
+from deeplab2_kmax.trainer import console
 from deeplab2_kmax.trainer import optimization
 
 _GT_KEYS = (common.GT_SEMANTIC_KEY, common.GT_THING_ID_MASK_KEY,
@@ -104,8 +105,7 @@ class KMaXTrainer(orbit.StandardTrainer):
     self._skipped_logged = 0
     self._loop_start = None
     self._loop_start_step = 0
-    self._run_start = time.time()
-    self._run_start_step = None
+    self._clock = console.StepClock()
     super().__init__(
         dataset, options=orbit.StandardTrainerOptions(
             use_tf_function=True, use_tf_while_loop=False))
@@ -121,8 +121,6 @@ class KMaXTrainer(orbit.StandardTrainer):
       metric.reset_state()
     self._loop_start = time.time()
     self._loop_start_step = int(self._global_step.numpy())
-    if self._run_start_step is None:
-      self._run_start_step = self._loop_start_step
 
   def _losses_and_gradients(self, batch):
     """Forward, loss, gradients and non-finite flags (one replica).
@@ -278,14 +276,13 @@ class KMaXTrainer(orbit.StandardTrainer):
     elapsed = max(time.time() - self._loop_start, 1e-9)
     steps = max(step - self._loop_start_step, 1)
     images_per_second = steps * self._batch_size / elapsed
-    run_rate = (step - self._run_start_step) / max(
-        time.time() - self._run_start, 1e-9)
-    eta = (self._total_steps - step) / max(run_rate, 1e-9)
+    self._clock.loop_end(step)
     learning_rate = float(self._learning_rate(step))
+    # One line per loop; every loss term goes to TensorBoard (the results).
     logging.info("step %d/%d  loss %.4f  lr %.2e  %.1f images/s  "
-                 "%.3f s/step  ETA %dm%02ds", step, self._total_steps, total,
+                 "%.3f s/step  ETA %s", step, self._total_steps, total,
                  learning_rate, images_per_second, elapsed / steps,
-                 eta // 60, eta % 60)
+                 self._clock.eta(self._total_steps - step))
     results.update({"learning_rate": learning_rate,
                     "images_per_second": images_per_second,
                     "step_time": elapsed / steps,

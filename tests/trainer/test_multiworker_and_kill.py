@@ -5,6 +5,7 @@ Both start real processes (the train CLI, or a small driver per worker).
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -109,3 +110,19 @@ def test_kill_9_then_restart_resumes_and_finishes(tmp_path):
   assert f"ckpt-{killed_at}" in restart.stderr
   reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
   assert reader.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE") == 16
+  _check_console(restart, range(killed_at + 2, 17, 2))
+
+
+def _check_console(run, steps):
+  """Each line once, one per loop, loss terms not on the console."""
+  assert run.stdout == ""  # Nothing printed beside the log (on stderr).
+  lines = run.stderr.splitlines()
+  loop_lines = [line for line in lines if re.search(r"\] step \d+/", line)]
+  assert [int(re.search(r"step (\d+)/", line).group(1))
+          for line in loop_lines] == list(steps)
+  assert "ETA ?" in loop_lines[0]  # No steady-state time after one loop.
+  assert all(re.search(r"ETA \d+m\d\ds$", line) for line in loop_lines[1:])
+  assert "mask_id_cross_entropy" not in run.stderr
+  assert "Sharding callback" not in run.stderr
+  if not os.path.exists("/proc/driver/nvidia/version"):
+    assert "cuInit" not in run.stderr
