@@ -210,7 +210,8 @@ def dataset_kwargs(config, training: bool) -> Dict[str, object]:
       max_thing_id=options.max_thing_id,
       small_instance_area=options.small_instance_threshold if small else 0,
       small_instance_weight=options.small_instance_weight if small else 1.0,
-      shuffle_buffer=options.shuffle_buffer_size)
+      shuffle_buffer=options.shuffle_buffer_size,
+      skip_corrupt_records=options.skip_corrupt_records)
 
 
 def build_dataset(config, training: bool, seed: Optional[int] = None,

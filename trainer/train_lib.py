@@ -18,8 +18,10 @@ import tf_keras
 
 from deeplab2_kmax import builders
 from deeplab2_kmax.data import input_pipeline
+from deeplab2_kmax.data import record_check
 from deeplab2_kmax.losses import max_deeplab_loss
 from deeplab2_kmax.trainer import checkpoint_guard
+from deeplab2_kmax.trainer import console
 from deeplab2_kmax.trainer import evaluator as evaluator_lib
 from deeplab2_kmax.trainer import initial_checkpoint
 from deeplab2_kmax.trainer import run_lock
@@ -46,12 +48,26 @@ def _check_model_dir(model_dir: str):
     raise ExperimentError(f"model_dir {model_dir}: not writable")
 
 
-def _check_data(options, field: str):
-  """Files exist and their record headers are sound (a fast scan)."""
+def _check_data(options, field: str) -> Optional[int]:
+  """Files exist and their records are sound; returns the records skipped.
+
+  None when `skip_corrupt_records` is off (nothing is ever skipped then).
+  A fast scan of the record headers, or with `skip_corrupt_records` a full
+  read that logs each bad record (tf.data then skips them).
+  """
+  patterns = list(options.file_pattern)
   try:
-    input_pipeline.scan_records(list(options.file_pattern))
+    if not options.skip_corrupt_records:
+      input_pipeline.scan_records(patterns)
+      return None
+    problems = record_check.find_corrupt_records(patterns)
   except (ValueError, OSError) as e:
     raise ExperimentError(f"{field}.file_pattern: {e}") from None
+  skipped = sum(problem.records_lost for problem in problems)
+  if problems:
+    logging.warning("%s.skip_corrupt_records: skipping %d record(s) in %d "
+                    "place(s)", field, skipped, len(problems))
+  return skipped
 
 
 def _set_precision(config, strategy):
@@ -85,6 +101,9 @@ def _restore_initial_checkpoint(config, model):
 
 
 EXPERIMENT_FILE = "experiment.textproto"
+# Summary (in model_dir/train and /eval) of the records skip_corrupt_records
+# skips.
+CORRUPT_SUMMARY = "corrupt_records_skipped"
 
 
 def record_experiment(config, model_dir: str, mode: str, step: int):
@@ -151,7 +170,8 @@ def run_experiment(config, model_dir: str, mode: str = "train_and_eval",
       raise ExperimentError(str(e)) from None
     run_lock.remove_stale_temp_dirs(model_dir)
   try:
-    return _experiment(config, model_dir, mode, strategy)
+    with console.orbit_logs_once():
+      return _experiment(config, model_dir, mode, strategy)
   finally:
     if lock is not None:
       lock.release()
@@ -163,10 +183,13 @@ def _experiment(config, model_dir: str, mode: str,
   model_dir = worker_write_dir(strategy, model_dir)
   training = mode in ("train", "train_and_eval")
   evaluating = mode != "train"
+  skipped = {}
   if training:
-    _check_data(config.train_dataset_options, "train_dataset_options")
+    skipped["train"] = _check_data(config.train_dataset_options,
+                                   "train_dataset_options")
   if evaluating:
-    _check_data(config.eval_dataset_options, "eval_dataset_options")
+    skipped["eval"] = _check_data(config.eval_dataset_options,
+                                  "eval_dataset_options")
   _set_precision(config, strategy)
   # Seeds Python, NumPy and TensorFlow: tf_keras initialisers draw their
   # seeds from Python's `random`, so tf.random.set_seed alone would leave the
@@ -227,13 +250,32 @@ def _experiment(config, model_dir: str, mode: str,
       summary_dir=os.path.join(model_dir, "train"),
       eval_summary_dir=os.path.join(model_dir, "eval"))
   record_experiment(config, model_dir, mode, int(global_step.numpy()))
+  _write_skipped_records(model_dir, skipped, int(global_step.numpy()))
   try:
     return _run(controller, manager, config, model, model_dir, mode)
-  except tf.errors.DataLossError as e:
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    # A record that fails to read or to decode comes out of the input
+    # iterator without its file's name; anything else is not about data.
+    if not (isinstance(e, tf.errors.DataLossError)
+            or "IteratorGetNext" in (e.message or "")):
+      raise
     named = _name_corrupt_file(config, training, evaluating)
     if named is None:
       raise
     raise named from e
+
+
+def _write_skipped_records(model_dir: str,
+                           skipped: Dict[str, Optional[int]],
+                           step: int) -> None:
+  """`corrupt_records_skipped` summaries of the runs that skip records."""
+  for split, count in skipped.items():
+    if count is None:  # skip_corrupt_records is off.
+      continue
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, split))
+    with writer.as_default():
+      tf.summary.scalar(CORRUPT_SUMMARY, count, step=step)
+    writer.close()
 
 
 def _name_corrupt_file(config, training: bool, evaluating: bool

@@ -14,14 +14,10 @@ Every random draw is stateless, seeded by `(seed, sample index)`, so a run
 with a seed is reproducible regardless of parallelism.
 """
 
-import os
 import random
-import struct
 from typing import Dict
-from typing import List
 from typing import Optional
 from typing import Sequence
-from typing import Tuple
 from typing import Union
 
 import tensorflow as tf
@@ -30,128 +26,30 @@ from deeplab2_kmax import common
 from deeplab2_kmax.data import copy_paste as copy_paste_lib
 from deeplab2_kmax.data import dataset_registry
 from deeplab2_kmax.data import preprocessing
+from deeplab2_kmax.data import record_check
 from deeplab2_kmax.data import tfrecord
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def list_files(file_pattern: Union[str, Sequence[str]]) -> Tuple[str, ...]:
-  """Sorted files matching the pattern(s); raises naming an empty pattern."""
-  patterns = [file_pattern] if isinstance(file_pattern, str) else file_pattern
-  files = []
-  for pattern in patterns:
-    matched = tf.io.gfile.glob(pattern)
-    if not matched:
-      raise FileNotFoundError(f"No file matches the pattern {pattern!r}.")
-    files.extend(matched)
-  return tuple(sorted(set(files)))
-
-
-class CorruptRecordError(ValueError):
-  """A TFRecord file that cannot be read; names the file and the offset."""
-
-
-def _crc32c_table() -> Tuple[int, ...]:
-  table = []
-  for byte in range(256):
-    crc = byte
-    for _ in range(8):
-      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-    table.append(crc)
-  return tuple(table)
-
-
-_CRC32C = _crc32c_table()
-
-
-def _masked_crc32c(data: bytes) -> int:
-  """TFRecord's masked CRC-32C (Castagnoli) of a few bytes."""
-  crc = 0xFFFFFFFF
-  for byte in data:
-    crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  crc ^= 0xFFFFFFFF
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def scan_record_headers(path: str) -> List[int]:
-  """Walks the record headers of one file; returns each record's offset.
-
-  Checks every length's CRC and that each record fits in the file (what a
-  truncated or overwritten shard breaks) without reading the data, then the
-  first record's data CRC. Raises CorruptRecordError naming the file, the
-  record and its byte offset.
-  """
-  offsets = []
-  local = "://" not in path
-  with (open(path, "rb") if local else tf.io.gfile.GFile(path, "rb")) as f:
-    size = os.fstat(f.fileno()).st_size if local else f.size()
-    offset = 0
-    while offset < size:
-      where = f"{path}: record {len(offsets)} at byte offset {offset}"
-      header = f.read(12)
-      if len(header) < 12:
-        raise CorruptRecordError(f"Corrupt TFRecord file {where}: truncated "
-                                 f"header ({size - offset} bytes left)")
-      length, crc = struct.unpack("<QI", header)
-      if _masked_crc32c(header[:8]) != crc:
-        raise CorruptRecordError(f"Corrupt TFRecord file {where}: header "
-                                 "checksum mismatch (not a TFRecord, or "
-                                 "overwritten bytes)")
-      end = offset + 12 + length + 4
-      if end > size:
-        raise CorruptRecordError(
-            f"Corrupt TFRecord file {where}: the record needs {length + 16} "
-            f"bytes, {size - offset} are left (truncated file)")
-      offsets.append(offset)
-      offset = end
-      f.seek(offset)
-  try:
-    for _ in tf.data.TFRecordDataset(path).take(1):
-      pass
-  except tf.errors.DataLossError as e:
-    raise CorruptRecordError(f"Corrupt TFRecord file {path}: record 0 at "
-                             f"byte offset 0: {e.message}") from None
-  return offsets
-
-
-def scan_records(file_pattern: Union[str, Sequence[str]]) -> int:
-  """`scan_record_headers` of every matching file; returns the records."""
-  return sum(len(scan_record_headers(path))
-             for path in list_files(file_pattern))
-
-
-def validate_records(file_pattern: Union[str, Sequence[str]]) -> int:
-  """Reads and decodes every record of every file; returns their number.
-
-  tf.data reports a truncated or corrupt TFRecord without its file name, so
-  callers that want a clear error up front (evaluation, small datasets,
-  `check_config --check_data`) call this first. Raises CorruptRecordError
-  naming the first bad file, record and byte offset.
-  """
-  total = 0
-  for path in list_files(file_pattern):
-    offsets = scan_record_headers(path)
-    index = 0  # Records read and decoded so far.
-    try:
-      for record in tf.data.TFRecordDataset(path):
-        tfrecord.decode_example(record)
-        index += 1
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-      offset = offsets[index] if index < len(offsets) else "?"
-      raise CorruptRecordError(
-          f"Corrupt TFRecord file {path}: record {index} at byte offset "
-          f"{offset}: {e.message}") from e
-    total += len(offsets)
-  return total
+# Record integrity lives in `record_check`; these names stay importable here.
+list_files = record_check.list_files
+CorruptRecordError = record_check.CorruptRecordError
+scan_record_headers = record_check.scan_record_headers
+scan_records = record_check.scan_records
+validate_records = record_check.validate_records
 
 
 def _records(files, shuffle: bool, repeat: bool, seed: int,
-             shuffle_buffer: int) -> tf.data.Dataset:
+             shuffle_buffer: int, skip_corrupt: bool) -> tf.data.Dataset:
   ds = tf.data.Dataset.from_tensor_slices(list(files))
   if shuffle:
     ds = ds.shuffle(len(files), seed=seed)
+  read = tf.data.TFRecordDataset
+  if skip_corrupt:  # A shard ends at its first unreadable record.
+    read = lambda path: tf.data.TFRecordDataset(path).ignore_errors()  # noqa: E731
   # Without shuffling, files are read one after another, in sorted order.
-  ds = ds.interleave(tf.data.TFRecordDataset,
+  ds = ds.interleave(read,
                      cycle_length=min(len(files), 8) if shuffle else 1,
                      num_parallel_calls=AUTOTUNE, deterministic=True)
   if repeat:
@@ -190,6 +88,7 @@ def build_dataset(
     drop_remainder: Optional[bool] = None,
     shuffle_buffer: int = 256,
     prefetch: bool = True,
+    skip_corrupt_records: bool = False,
 ) -> tf.data.Dataset:
   """Builds the batched dataset of dicts keyed by `deeplab2_kmax.common`.
 
@@ -216,6 +115,9 @@ def build_dataset(
     shuffle, repeat, drop_remainder: Default to `is_training`.
     shuffle_buffer: Records in the shuffle buffer.
     prefetch: Whether to prefetch (AUTOTUNE).
+    skip_corrupt_records: Skip records that fail to decode, and the rest of
+      a shard from a record that fails to read (`record_check`), instead of
+      failing.
 
   Returns:
     A `tf.data.Dataset` of dicts of batched tensors.
@@ -279,20 +181,26 @@ def build_dataset(
                          max_resize_value=max_resize_value,
                          resize_factor=resize_factor))
 
-  ds = _records(files, shuffle, repeat, seed, shuffle_buffer)
+  ds = _records(files, shuffle, repeat, seed, shuffle_buffer,
+                skip_corrupt_records)
   if is_training:
     if copy_paste:
-      sources = _records(files, True, repeat, seed + 1, shuffle_buffer)
+      sources = _records(files, True, repeat, seed + 1, shuffle_buffer,
+                         skip_corrupt_records)
       ds = tf.data.Dataset.zip((ds, sources))
       ds = ds.enumerate().map(lambda i, rs: train_sample(i, rs[0], rs[1]),
                               num_parallel_calls=AUTOTUNE, deterministic=True)
     else:
       ds = ds.enumerate().map(train_sample, num_parallel_calls=AUTOTUNE,
                               deterministic=True)
+    if skip_corrupt_records:
+      ds = ds.ignore_errors()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   else:
     ds = ds.map(lambda record: _eval_sample(record, **eval_kwargs),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
+    if skip_corrupt_records:
+      ds = ds.ignore_errors()
     ds = ds.padded_batch(
         batch_size, drop_remainder=drop_remainder,
         padding_values=_eval_padding_values(void_id))

@@ -4,10 +4,12 @@ import os
 import sys
 
 from google.protobuf import text_format
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from deeplab2_kmax import config_loader
+from deeplab2_kmax.data import dataset_registry
 from deeplab2_kmax.data import input_pipeline
 from deeplab2_kmax.tools import check_config
 from deeplab2_kmax.trainer import train_lib
@@ -131,6 +133,101 @@ def test_read_error_during_training_names_the_file(tmp_path, records,
       pass
 
   monkeypatch.setattr(train_lib, "_run", read_everything)
+  with pytest.raises(train_lib.ExperimentError,
+                     match=f"{path}: record 1 at byte offset {offsets[1]}"):
+    train_lib.run_experiment(config, str(tmp_path / "model"), "train")
+
+
+def _damaged_shards(tmp_path, records):
+  """Shard A: record 1 is not an Example, record 3's bytes are damaged.
+
+  Shard B is truncated inside its record 2. Returns the shards' paths, the
+  expected problems (path, record, offset, records lost, unframed bytes)
+  and the records tf.data can still use, in order.
+  """
+  a, b = tmp_path / "train-a.tfrecord", tmp_path / "train-b.tfrecord"
+  rows = [records[0], b"not an Example", records[1], records[2], records[3]]
+  offsets_a = _shard(a, rows)
+  _overwrite(a, offsets_a[3] + 12 + 100, b"\xff\x00\xff")
+  offsets_b = _shard(b, records[:3])
+  os.truncate(b, offsets_b[2] + 40)
+  expected = [(str(a), 1, offsets_a[1], 1, 0),
+              (str(a), 3, offsets_a[3], 2, 0),
+              (str(b), 2, offsets_b[2], 0, 40)]
+  return [str(a), str(b)], expected, [records[0], records[1], records[0],
+                                      records[1]]
+
+
+def test_every_unusable_record_is_found_with_what_skipping_loses(
+    tmp_path, records):
+  paths, expected, _ = _damaged_shards(tmp_path, records)
+  found = input_pipeline.record_check.find_corrupt_records(paths,
+                                                          progress=False)
+  assert [(p.path, p.record, p.offset, p.records_lost, p.unframed_bytes)
+          for p in found] == expected
+  assert "Could not parse example" in found[0].describe()
+  assert "function_node" not in found[0].describe() + found[1].describe()
+  assert f"{paths[1]}: record 2 at byte offset" in found[2].describe()
+
+
+def _eval_images(paths, config, skip):
+  options = config.eval_dataset_options
+  info = dataset_registry.get(options.dataset)
+  ds = input_pipeline.build_dataset(
+      info, paths, batch_size=1, crop_size=options.crop_size,
+      is_training=False, skip_corrupt_records=skip, prefetch=False)
+  return [batch["image"].numpy() for batch in ds]
+
+
+def test_the_pipeline_skips_exactly_what_the_check_reported(tmp_path,
+                                                            records):
+  paths, _, usable = _damaged_shards(tmp_path, records)
+  config = utils.tiny_config(str(tmp_path))
+  clean = tmp_path / "clean.tfrecord"
+  _shard(clean, usable)
+  got = _eval_images(paths, config, skip=True)
+  want = _eval_images([str(clean)], config, skip=False)
+  assert len(got) == len(want) == 4
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)
+  with pytest.raises(tf.errors.OpError):
+    _eval_images(paths, config, skip=False)
+
+
+def test_training_with_skip_counts_the_skipped_records(tmp_path, records,
+                                                       monkeypatch):
+  paths, expected, _ = _damaged_shards(tmp_path, records)
+  config = utils.tiny_config(str(tmp_path))
+  options = config.train_dataset_options
+  del options.file_pattern[:]
+  options.file_pattern.extend(paths)
+  options.skip_corrupt_records = True
+  monkeypatch.setattr(train_lib, "_run", lambda *unused: {})
+  model_dir = tmp_path / "model"
+  train_lib.run_experiment(config, str(model_dir), "train")
+  values = [
+      tf.make_ndarray(value.tensor)
+      for event_file in tf.io.gfile.glob(str(model_dir / "train" / "events*"))
+      for event in tf.compat.v1.train.summary_iterator(event_file)
+      for value in event.summary.value
+      if value.tag == train_lib.CORRUPT_SUMMARY]
+  assert values == [sum(problem[3] for problem in expected)]
+
+
+def test_a_record_that_does_not_decode_during_training_is_named(
+    tmp_path, records, monkeypatch):
+  path = tmp_path / "train-00000-of-00001.tfrecord"
+  offsets = _shard(path, [records[0], b"not an Example"])
+  config = utils.tiny_config(str(tmp_path))
+  del config.train_dataset_options.file_pattern[:]
+  config.train_dataset_options.file_pattern.append(str(path))
+
+  def take_batches(unused_controller, unused_manager, config, *unused):
+    dataset = train_lib.builders.build_dataset(config, training=True)
+    iterator = iter(dataset)
+    tf.function(lambda: next(iterator))()
+
+  monkeypatch.setattr(train_lib, "_run", take_batches)
   with pytest.raises(train_lib.ExperimentError,
                      match=f"{path}: record 1 at byte offset {offsets[1]}"):
     train_lib.run_experiment(config, str(tmp_path / "model"), "train")
