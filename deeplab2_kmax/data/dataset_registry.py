@@ -211,9 +211,15 @@ def info_file_content(info: DatasetInfo, title: str) -> Dict:
 
 
 def write_info_file(info: DatasetInfo, title: str, path: str) -> None:
+  """Writes the description of `info`, one field (and one class) a line."""
+  content = info_file_content(info, title)
+  classes = content.pop("classes")
+  lines = [f"  {json.dumps(key)}: {json.dumps(value)}"
+           for key, value in content.items()]
+  lines.append('  "classes": [\n' + ",\n".join(
+      f"    {json.dumps(entry)}" for entry in classes) + "\n  ]")
   with open(path, "w", encoding="utf-8") as f:
-    json.dump(info_file_content(info, title), f, indent=2)
-    f.write("\n")
+    f.write("{\n" + ",\n".join(lines) + "\n}\n")
 
 
 def _field(data: Mapping, key: str, kind, where: str):
