@@ -14,7 +14,8 @@ install-test:
 
 # Quick start 1: install, then run the synthetic-data demo end to end.
 demo: install
-	$(PYTHON) -m deeplab2_kmax.tools.demo --output_dir=$(DEMO_DIR)
+	TF_CPP_MIN_LOG_LEVEL=$${TF_CPP_MIN_LOG_LEVEL:-1} \
+	    $(PYTHON) -m deeplab2_kmax.tools.demo --output_dir=$(DEMO_DIR)
 
 # Quick start 2: install with test extras, lint, then run the tests: two
 # workers, each taking whole files (a file's fixtures are built once).

@@ -35,6 +35,7 @@ from deeplab2_kmax.data import build_synthetic_data
 from deeplab2_kmax.data import dataset_registry
 from deeplab2_kmax.data import input_pipeline
 from deeplab2_kmax.data import tfrecord
+from deeplab2_kmax.trainer import console
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -50,14 +51,15 @@ def _define_flags() -> None:
                       "Where data, model, SavedModel and PNGs go.")
   flags.DEFINE_string("config_file", DEFAULT_CONFIG,
                       "Experiment textproto (${DATA_DIR} is set).")
-  flags.DEFINE_integer("num_train", 2000, "Synthetic train images.")
-  flags.DEFINE_integer("num_val", 200, "Synthetic val images.")
+  flags.DEFINE_integer("num_train", 2000, "Synthetic train images.",
+                       lower_bound=1)
+  flags.DEFINE_integer("num_val", 200, "Synthetic val images.", lower_bound=1)
   flags.DEFINE_integer("seed", 0, "Dataset seed.")
   flags.DEFINE_integer("num_render", 4,
-                       "Validation images to render.")
+                       "Validation images to render.", lower_bound=0)
   flags.DEFINE_integer(
       "training_steps", None, "Override trainer_options.solver_options."
-      "training_number_of_steps (default: the config's).")
+      "training_number_of_steps (default: the config's).", lower_bound=1)
   flags.DEFINE_enum(
       "cross_attention", None, ["kmeans", "softmax"],
       "Override the transformer decoder's cross-attention (for the ablation).")
@@ -233,6 +235,7 @@ def _summary(result: Dict[str, object]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.quiet_library_logs()
   try:
     result = run_demo(
         FLAGS.output_dir, FLAGS.config_file, FLAGS.num_train, FLAGS.num_val,
@@ -245,5 +248,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Before absl's app starts TensorFlow's devices: no CUDA error line on a
+  # machine without a GPU.
+  console.init_devices()
   _define_flags()
   app.run(main)
