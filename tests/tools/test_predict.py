@@ -1,5 +1,6 @@
 """Tests for the predict CLI on a stand-in SavedModel (any size, modes, errors)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from deeplab2_kmax import image_io
 from deeplab2_kmax.tools import predict
 
 DIVISOR = 256
@@ -28,7 +30,11 @@ class _StandIn(tf.Module):
     panoptic = bright * (4 * DIVISOR + 1) + (1 - bright) * (1 * DIVISOR)
     small = tf.image.resize(gray[None, :, :, None], [8, 8], method="nearest")
     assignments = tf.cast(small[0, :, :, 0] > 127, tf.int32)
+    scores = tf.fill(tf.shape(gray), 0.5)
     return {"panoptic_pred": panoptic[None],
+            "semantic_pred": (panoptic // DIVISOR)[None],
+            "instance_pred": (panoptic % DIVISOR)[None],
+            "instance_scores": scores[None], "semantic_scores": scores[None],
             "cluster_assignments": tf.stack([assignments, 1 - assignments])[None]}
 
 
@@ -65,7 +71,7 @@ def test_rgba_is_composited_to_rgb(tmp_path):
   array[..., 0] = 200
   array[:2, :, 3] = 255  # Top half opaque red, bottom half transparent.
   Image.fromarray(array, "RGBA").save(tmp_path / "a.png")
-  rgb = predict.read_rgb_image(str(tmp_path / "a.png"))
+  rgb = image_io.read_rgb_image(str(tmp_path / "a.png"))
   assert rgb.shape == (4, 4, 3)
   np.testing.assert_array_equal(rgb[0, 0], [200, 0, 0])
   np.testing.assert_array_equal(rgb[3, 0], [0, 0, 0])
@@ -76,7 +82,7 @@ def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
   Image.fromarray(values).save(tmp_path / "deep.png")
   with Image.open(tmp_path / "deep.png") as stored:
     assert stored.mode.startswith("I")  # Pillow keeps the 16 bits.
-  rgb = predict.read_rgb_image(str(tmp_path / "deep.png"))
+  rgb = image_io.read_rgb_image(str(tmp_path / "deep.png"))
   expected = np.rint(values / 65535.0 * 255.0).astype(np.uint8)  # 0 1 128 255
   assert rgb.dtype == np.uint8 and rgb.shape == (1, 4, 3)
   for channel in range(3):
@@ -88,7 +94,7 @@ def test_exif_orientation_is_applied(tmp_path):
   exif = Image.Exif()
   exif[0x0112] = 6  # The camera was turned: display rotated 90° clockwise.
   Image.fromarray(array).save(tmp_path / "turned.png", exif=exif)
-  rgb = predict.read_rgb_image(str(tmp_path / "turned.png"))
+  rgb = image_io.read_rgb_image(str(tmp_path / "turned.png"))
   np.testing.assert_array_equal(rgb, np.rot90(array, k=-1))
 
 
@@ -107,3 +113,23 @@ def test_non_image_file_gives_a_clear_error(tmp_path, saved_model):
 def test_missing_image_names_the_path(tmp_path, saved_model):
   with pytest.raises(predict.PredictError, match="missing.jpg"):
     predict.run(saved_model, str(tmp_path / "missing.jpg"), None)
+
+
+def test_folder_run_names_skipped_files_and_exits_3(tmp_path, saved_model):
+  folder = tmp_path / "in"
+  folder.mkdir()
+  _image(folder / "good.png", "RGB")
+  (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+  out = tmp_path / "out"
+  result = subprocess.run(
+      [sys.executable, "-m", "deeplab2_kmax.tools.predict",
+       f"--saved_model={saved_model}", f"--input={folder}",
+       f"--output_dir={out}", "--overlays"],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == predict.EXIT_SKIPPED, result.stderr
+  assert "corrupt.png" in result.stderr
+  with open(out / "panoptic.json") as f:
+    annotations = json.load(f)["annotations"]
+  assert [a["file_name"] for a in annotations] == ["good.png"]
+  assert (out / "panoptic" / "good.png").is_file()
+  assert (out / "overlays" / "good.png").is_file()
