@@ -274,8 +274,12 @@ def _check_model(c: _Checker, model, info):
               f"from {info.name}'s {info.num_classes} classes")
 
 
-def _check_trainer(c: _Checker, trainer):
+def _check_trainer(c: _Checker, trainer, batch_size: int):
   solver = trainer.solver_options
+  steps = trainer.gradient_accumulation_steps
+  c.require(steps >= 1 and batch_size % steps == 0,
+            "trainer_options.gradient_accumulation_steps",
+            f"{steps} must be >= 1 and divide the train batch_size {batch_size}")
   c.one_of(solver.optimizer, OPTIMIZERS,
            "trainer_options.solver_options.optimizer")
   c.one_of(solver.learning_policy, LEARNING_POLICIES,
@@ -379,7 +383,8 @@ def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
   info = train_info or eval_info
 
   _check_model(c, config.model_options, info)
-  _check_trainer(c, config.trainer_options)
+  _check_trainer(c, config.trainer_options,
+                 config.train_dataset_options.batch_size)
   _check_evaluator(c, config.evaluator_options)
   _check_saving(c, config.evaluator_options, info)
 

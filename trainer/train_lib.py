@@ -210,9 +210,13 @@ def _experiment(config, model_dir: str, mode: str,
   if training:
     # One global-batch pipeline split across replicas: the same global batch
     # whatever the number of devices (and so the same loss).
+    # With gradient accumulation, micro-batches of batch_size / K.
+    micro_batch = config.train_dataset_options.batch_size // max(
+        trainer_options.gradient_accumulation_steps, 1)
     dataset = strategy.experimental_distribute_dataset(
         builders.build_dataset(config, training=True,
-                               seed=config.random_seed))
+                               seed=config.random_seed,
+                               batch_size=micro_batch))
     loss = builders.build_loss(config)
     trainer = trainer_lib.KMaXTrainer(config, model, loss, dataset, strategy,
                                       global_step, model_dir)

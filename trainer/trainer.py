@@ -60,6 +60,17 @@ def _all_finite(tensors) -> tf.Tensor:
       [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]))
 
 
+def _add_gradients(a, b):
+  """a + b; sparse gradients (gathers) are concatenated, as one batch's are."""
+  if a is None:
+    return None
+  if isinstance(a, tf.IndexedSlices):
+    return tf.IndexedSlices(tf.concat([a.values, b.values], axis=0),
+                            tf.concat([a.indices, b.indices], axis=0),
+                            a.dense_shape)
+  return a + b
+
+
 class KMaXTrainer(orbit.StandardTrainer):
   """One optimisation step per batch; metrics per `steps_per_loop` steps."""
 
@@ -74,6 +85,8 @@ class KMaXTrainer(orbit.StandardTrainer):
     solver = config.trainer_options.solver_options
     self._solver = solver
     self._batch_size = config.train_dataset_options.batch_size
+    self._accumulation_steps = max(
+        config.trainer_options.gradient_accumulation_steps, 1)
     self._total_steps = solver.training_number_of_steps
     with strategy.scope():
       self.optimizer, self.backbone_optimizer = (
@@ -122,11 +135,13 @@ class KMaXTrainer(orbit.StandardTrainer):
     self._loop_start = time.time()
     self._loop_start_step = int(self._global_step.numpy())
 
-  def _losses_and_gradients(self, batch):
+  def _losses_and_gradients(self, batch, clip: bool = True):
     """Forward, loss, gradients and non-finite flags (one replica).
 
     XLA-compiled with trainer jit_compile. The flags [3] are 1.0 where the
-    loss, the gradients or the matching-cost inputs hold a NaN/Inf.
+    loss, the gradients or the matching-cost inputs hold a NaN/Inf. The loss
+    is divided by the effective global batch, so the gradients of the
+    micro-batches of one step add up to the step's gradient.
     """
     y_true = {k: batch[k] for k in _GT_KEYS}
     with tf.GradientTape() as tape:
@@ -147,10 +162,43 @@ class KMaXTrainer(orbit.StandardTrainer):
     flags = tf.cast(tf.logical_not(tf.stack(
         [_all_finite([total]), _all_finite(gradients), cost_finite])),
                     tf.float32)
-    if self._solver.use_gradient_clipping:
-      gradients, _ = tf.clip_by_global_norm(gradients,
-                                            self._solver.clip_gradient_norm)
+    if clip:
+      gradients = self._clip(gradients)
     return losses, gradients, {key: outputs[key] for key in _IMAGE_KEYS}, flags
+
+  def _clip(self, gradients):
+    if not self._solver.use_gradient_clipping:
+      return gradients
+    return tf.clip_by_global_norm(gradients, self._solver.clip_gradient_norm)[0]
+
+  def _accumulate(self, batches):
+    """`_losses_and_gradients` over the step's micro-batches (one replica).
+
+    Micro-batches run one after another (each forward waits for the previous
+    gradients), so activations of one micro-batch are alive at a time. The
+    gradients are summed, then clipped; the per-image losses are
+    concatenated; a flag raised by any micro-batch is raised. Predictions
+    are the first micro-batch's.
+    """
+    if len(batches) == 1:
+      return self._compute(batches[0])
+    summed, losses, flags, predictions = None, [], [], None
+    for batch in batches:
+      if summed is not None:
+        with tf.control_dependencies([g for g in summed if g is not None]):
+          batch = tf.nest.map_structure(tf.identity, batch)
+      step_losses, gradients, step_predictions, step_flags = self._compute(
+          batch, clip=False)
+      summed = gradients if summed is None else [
+          _add_gradients(a, b) for a, b in zip(summed, gradients)]
+      losses.append(step_losses)
+      flags.append(step_flags)
+      if predictions is None:
+        predictions = step_predictions
+    losses = {name: tf.concat([step[name] for step in losses], axis=0)
+              for name in losses[0]}
+    return (losses, self._clip(summed), predictions,
+            tf.reduce_max(tf.stack(flags), axis=0))
 
   def _write_images(self, batch, predictions):
     """The `predictions` image summary of the batch's first images."""
@@ -204,14 +252,15 @@ class KMaXTrainer(orbit.StandardTrainer):
                    apply, lambda: tf.constant(False))
 
   def train_step(self, iterator):
-    def step_fn(batch):
-      losses, gradients, predictions, flags = self._compute(batch)
-      images = {key: batch[key] for key in (common.IMAGE,
-                                            common.GT_SEMANTIC_KEY)}
+    def step_fn(batches):
+      losses, gradients, predictions, flags = self._accumulate(batches)
+      images = {key: batches[0][key] for key in (common.IMAGE,
+                                                 common.GT_SEMANTIC_KEY)}
       return losses, gradients, flags, (images, predictions)
 
+    batches = tuple(next(iterator) for _ in range(self._accumulation_steps))
     losses, gradients, flags, outputs = self._strategy.run(
-        step_fn, args=(next(iterator),))
+        step_fn, args=(batches,))
     applied = self._guarded_apply(losses, gradients, flags)
     # After the step's checks: a failed step leaves the global step as is.
     with tf.control_dependencies([applied]):
