@@ -151,19 +151,23 @@ def resize_options(eval_options, crop_size):
           "resize_factor": eval_options.resize_factor or None}
 
 
-def export_from_model(model, config, output_path: str):
-  """Writes the SavedModel of an already-built (and loaded) model."""
-  if os.path.isdir(output_path) and os.listdir(output_path):
-    raise ExportError(f"--output_path {output_path}: exists and is not "
-                      "empty; refusing to overwrite it")
+def serving_module(model, config) -> tf.Module:
+  """The object the SavedModel saves; `.serve(image)` is serving_default."""
   options = config.export_options
   crop = (tuple(options.crop_size) or
           tuple(config.eval_dataset_options.crop_size))
-  module = _ServingModule(
+  return _ServingModule(
       model, builders.build_post_processor(config), crop,
       resize_options(config.eval_dataset_options, crop),
       builders.dataset_info(config).name, options.include_raw_logits,
       options.jit_compile)
+
+
+def export_from_model(model, config, output_path: str):
+  """Writes the SavedModel of an already-built (and loaded) model."""
+  check_output_path(output_path)
+  options = config.export_options
+  module = serving_module(model, config)
   signatures = {"serving_default": module.serve.get_concrete_function()}
   if options.batch_signature:
     signatures["serving_batch"] = module.serve_batch.get_concrete_function()
@@ -177,11 +181,15 @@ def export_from_model(model, config, output_path: str):
   return output_path
 
 
-def export(config, checkpoint_path: str, output_path: str) -> str:
-  """Builds the model at the export crop, restores it and exports it."""
+def check_output_path(output_path: str) -> None:
+  """Refuses an existing, non-empty output folder (never overwritten)."""
   if os.path.isdir(output_path) and os.listdir(output_path):
     raise ExportError(f"--output_path {output_path}: exists and is not "
                       "empty; refusing to overwrite it")
+
+
+def restore_model(config, checkpoint_path: str):
+  """The model built at the export crop with the checkpoint's weights."""
   if not tf.io.gfile.exists(checkpoint_path + ".index"):
     raise ExportError(f"--checkpoint_path {checkpoint_path}: no such "
                       f"checkpoint (expected {checkpoint_path}.index)")
@@ -189,4 +197,11 @@ def export(config, checkpoint_path: str, output_path: str) -> str:
           tuple(config.eval_dataset_options.crop_size))
   model = builders.build_model(config, crop_size=crop)
   tf.train.Checkpoint(model=model).restore(checkpoint_path).expect_partial()
-  return export_from_model(model, config, output_path)
+  return model
+
+
+def export(config, checkpoint_path: str, output_path: str) -> str:
+  """Builds the model at the export crop, restores it and exports it."""
+  check_output_path(output_path)
+  return export_from_model(restore_model(config, checkpoint_path), config,
+                           output_path)

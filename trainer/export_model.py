@@ -1,7 +1,12 @@
-r"""Exports a SavedModel for TF Serving (SPEC §8); see `export_lib`.
+r"""Exports a SavedModel (SPEC §8), an ONNX or a TFLite model.
 
   python -m deeplab2_kmax.trainer.export_model --config_file=F \
-      --checkpoint_path=C --output_path=O [--define NAME=VALUE ...]
+      --checkpoint_path=C --output_path=O [--format=saved_model|onnx|tflite] \
+      [--define NAME=VALUE ...]
+
+saved_model (the default): `export_lib`, any image size in one graph.
+onnx, tflite: `export_formats`, a folder with the model at the export crop
+and `export.json`; `export_formats.ExportedModel` runs it on any image.
 """
 
 import os
@@ -11,6 +16,7 @@ from absl import app
 from absl import flags
 
 from deeplab2_kmax import config_loader
+from deeplab2_kmax.trainer import export_formats
 from deeplab2_kmax.trainer import export_lib
 
 FLAGS = flags.FLAGS
@@ -21,7 +27,10 @@ def _define_flags() -> None:
   flags.DEFINE_string("config_file", None, "Experiment textproto.")
   flags.DEFINE_string("checkpoint_path", None,
                       "Checkpoint prefix (e.g. model_dir/ckpt-N).")
-  flags.DEFINE_string("output_path", None, "SavedModel directory.")
+  flags.DEFINE_string("output_path", None, "Output directory.")
+  flags.DEFINE_enum("format", "saved_model", export_formats.FORMATS,
+                    "saved_model: any image size; onnx / tflite: the network "
+                    "and merging at the export crop (export_formats).")
   flags.DEFINE_multi_string("define", [], "NAME=VALUE placeholders.")
 
 
@@ -36,11 +45,14 @@ def main(argv):
   try:
     config = config_loader.load_config(FLAGS.config_file, values,
                                        validate_config=False)
-    path = export_lib.export(config, FLAGS.checkpoint_path, FLAGS.output_path)
+    path = export_formats.export(config, FLAGS.checkpoint_path,
+                                 FLAGS.output_path, FLAGS.format)
   except (config_loader.ConfigError, export_lib.ExportError) as e:
     print(f"ERROR: {e}", file=sys.stderr)
     sys.exit(1)
-  print(f"Wrote SavedModel to {path}")
+  kind = {"saved_model": "SavedModel", "onnx": "ONNX model",
+          "tflite": "TFLite model"}[FLAGS.format]
+  print(f"Wrote {kind} to {path}")
 
 
 if __name__ == "__main__":
