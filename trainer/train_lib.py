@@ -169,10 +169,13 @@ def run_experiment(config, model_dir: str, mode: str = "train_and_eval",
     except run_lock.LockHeldError as e:
       raise ExperimentError(str(e)) from None
     run_lock.remove_stale_temp_dirs(model_dir)
+  policy = tf_keras.mixed_precision.global_policy()
   try:
     with console.orbit_logs_once():
       return _experiment(config, model_dir, mode, strategy)
   finally:
+    # The run's mixed-precision policy does not outlive it.
+    tf_keras.mixed_precision.set_global_policy(policy)
     if lock is not None:
       lock.release()
 

@@ -34,8 +34,10 @@ def resize_bilinear_align_corners(images: tf.Tensor, size) -> tf.Tensor:
   static = all(isinstance(n, int) for n in (*images.shape[1:3], *size))
   if static and _in_xla_context():
     return resize_by_gathers(images, size)
-  return tf.raw_ops.ResizeBilinear(
-      images=images, size=size, align_corners=True, half_pixel_centers=False)
+  # The kernel always returns float32; back to the input's (mixed precision).
+  return tf.cast(tf.raw_ops.ResizeBilinear(
+      images=images, size=size, align_corners=True, half_pixel_centers=False),
+                 images.dtype)
 
 
 def resize_by_gathers(images: tf.Tensor, size) -> tf.Tensor:

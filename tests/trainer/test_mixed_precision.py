@@ -1,0 +1,106 @@
+"""mixed_bfloat16 builds, trains and matches float32 within bfloat16's error.
+
+bfloat16 keeps 8 significant bits (relative rounding 2^-9 per value); the
+forward pass rounds activations at every layer, so losses and gradients move
+by a few parts in a thousand per layer, not by parts in a million. The
+tolerances below (2 % on each loss term, cosine > 0.99 between the gradient
+vectors) are that error over the tiny model's depth with margin; a real bug
+(a float32 path missed, a wrong cast) moves them by far more.
+
+The Hungarian matching is a discrete choice: on a randomly initialised model
+several slots are nearly equal, and a rounding difference can swap two of
+them, which moves the auxiliary layers' terms by tens of percent (measured:
+0.80 vs 0.46 for one image's first-layer mask-id cross-entropy). The
+bfloat16 step therefore reuses the float32 step's matching, so the test
+compares arithmetic, not a tie-break.
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from deeplab2_kmax import builders
+from deeplab2_kmax.losses import matching
+from deeplab2_kmax.trainer import trainer as trainer_lib
+
+sys.path.insert(0, os.path.dirname(__file__))
+import trainer_test_utils as utils  # noqa: E402
+
+
+def _config(data_dir, policy):
+  config = utils.tiny_config(data_dir)
+  config.model_options.max_deeplab.instance_discrimination_sample_k = 0
+  config.model_options.max_deeplab.semantic_sample_k = 0
+  config.trainer_options.mixed_precision = policy
+  return config
+
+
+def _step(config, checkpoint, batch, policy):
+  """Losses and gradients of one step of a model built under `policy`."""
+  previous = tf_keras.mixed_precision.global_policy()
+  tf_keras.mixed_precision.set_global_policy(policy)
+  try:
+    model = builders.build_model(config)
+    model(batch["image"], training=False, return_semantic=True)
+  finally:
+    tf_keras.mixed_precision.set_global_policy(previous)
+  if checkpoint is not None:  # The float32 model's weights, by object path.
+    tf.train.Checkpoint(model=model).read(checkpoint).assert_consumed()
+  for layer in model.submodules:
+    if isinstance(layer, tf_keras.layers.BatchNormalization):
+      layer.trainable = False
+  trainer = trainer_lib.KMaXTrainer(
+      config, model, builders.build_loss(config),
+      builders.build_dataset(config, training=True, seed=0),
+      tf.distribute.get_strategy(), tf.Variable(0, dtype=tf.int64),
+      "/nonexistent")
+  losses, gradients, _, flags = trainer._accumulate((batch,))  # pylint: disable=protected-access
+  return model, losses, gradients, flags
+
+
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory):
+  data_dir = utils.tiny_data(str(tmp_path_factory.mktemp("data")))
+  config = _config(data_dir, "float32")
+  batch = next(iter(builders.build_dataset(config, training=True, seed=0)))
+  tf_keras.utils.set_random_seed(0)
+  original = matching.match
+  permutations = []
+  try:
+    matching.match = lambda *args: permutations.append(original(*args)) or (
+        permutations[-1])
+    model, losses, gradients, flags = _step(config, None, batch, "float32")
+    checkpoint = tf.train.Checkpoint(model=model).write(
+        str(tmp_path_factory.mktemp("ckpt") / "float32"))
+    matching.match = lambda *unused: permutations[0]
+    mixed = _step(_config(data_dir, "mixed_bfloat16"), checkpoint, batch,
+                  "mixed_bfloat16")
+  finally:
+    matching.match = original
+  assert len(permutations) == 1
+  return (model, losses, gradients, flags), mixed
+
+
+def test_variables_stay_float32_and_compute_is_bfloat16(steps):
+  _, (model, _, gradients, flags) = steps
+  assert {v.dtype for v in model.variables} == {tf.float32}
+  assert model.encoder.compute_dtype == "bfloat16"
+  assert all(g is None or g.dtype == tf.float32 for g in gradients)
+  assert not np.any(flags.numpy())
+
+
+def test_losses_and_gradients_match_float32_within_bfloat16_error(steps):
+  (_, losses, gradients, _), (_, mixed_losses, mixed_gradients, _) = steps
+  for name, value in losses.items():
+    np.testing.assert_allclose(mixed_losses[name].numpy(), value.numpy(),
+                               rtol=2e-2, atol=1e-3, err_msg=name)
+  flat = lambda grads: np.concatenate([  # pylint: disable=g-long-lambda
+      tf.reshape(tf.convert_to_tensor(g), [-1]).numpy()
+      for g in grads if g is not None])
+  a, b = flat(gradients), flat(mixed_gradients)
+  cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+  assert cosine > 0.99
