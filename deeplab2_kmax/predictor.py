@@ -279,7 +279,9 @@ def _recorded_dataset(model) -> str:
     return _DEFAULT_DATASET
   value = name.numpy() if hasattr(name, "numpy") else name
   value = value.decode() if isinstance(value, bytes) else str(value)
-  return value if value in dataset_registry.names() else _DEFAULT_DATASET
+  known = value in dataset_registry.names() or (
+      dataset_registry.is_info_file(value) and os.path.exists(value))
+  return value if known else _DEFAULT_DATASET
 
 
 def _dataset_info(name: str, where: str) -> dataset_registry.DatasetInfo:

@@ -177,14 +177,16 @@ class PanopticOutputs:
   def __init__(self, output_dir: str, dataset, overlays: bool):
     from deeplab2_kmax.evaluation import writers  # pylint: disable=g-import-not-at-top
 
-    categories = [{"id": c, "name": dataset.class_names[c],
+    # A dataset described by a file writes its source category ids.
+    ids = dataset.category_ids or range(dataset.num_classes)
+    categories = [{"id": ids[c], "name": dataset.class_names[c],
                    "isthing": int(dataset.class_has_instances[c])}
                   for c in range(dataset.num_classes)
                   if c != dataset.ignore_label]
     try:
       self._writer = writers.CocoPanopticWriter(
           output_dir, dataset.panoptic_label_divisor, dataset.ignore_label,
-          categories, name="panoptic")
+          categories, name="panoptic", category_ids=dataset.category_ids)
     except FileExistsError as e:
       raise PredictError(f"--output_dir {output_dir}: {e}") from None
     self._overlay_dir = None

@@ -134,3 +134,28 @@ def test_a_config_names_the_description_file(tmp_path):
   with pytest.raises(config_loader.ConfigError,
                      match="train_dataset_options.dataset.*nothing.json"):
     config_loader.validate(config)
+
+
+def test_predict_finds_the_description_a_saved_model_records(tmp_path):
+  from deeplab2_kmax import predictor  # pylint: disable=g-import-not-at-top
+  path, _ = _info_file(tmp_path)
+
+  class Recorded:
+    dataset_name = path.encode()
+
+  assert predictor._recorded_dataset(Recorded()) == path  # pylint: disable=protected-access
+  Recorded.dataset_name = str(tmp_path / "gone.json").encode()
+  assert predictor._recorded_dataset(Recorded()) == "coco_panoptic"  # pylint: disable=protected-access
+
+
+def test_predicted_folders_carry_the_source_category_ids(tmp_path):
+  from deeplab2_kmax.tools import predict  # pylint: disable=g-import-not-at-top
+  path, content = _info_file(tmp_path)
+  info = dataset_registry.get(path)
+  outputs = predict.PanopticOutputs(str(tmp_path / "out"), info,
+                                    overlays=False)
+  with open(outputs.close()) as f:
+    written = json.load(f)
+  expected = sorted(c["category_id"] for c in content["classes"]
+                    if c["category_id"] is not None)
+  assert sorted(c["id"] for c in written["categories"]) == expected
