@@ -61,7 +61,8 @@ class Prediction:
     semantic_argmax: [H, W] int32 class of each pixel's argmax mask slot, with
       no thresholds and no void: the map mean IoU scores.
     segments: COCO-style `segments_info` of the non-void segments, in id
-      order: {"id": panoptic id, "category_id": class id, "isthing": bool,
+      order: {"id": panoptic id, "category_id": class id (the source
+      category id for a dataset described by a file), "isthing": bool,
       "area": pixels, "score": mean class confidence x mean mask
       probability over the segment}.
     cluster_assignments: [L, h, w] int32 centre each pixel is assigned to in
@@ -141,7 +142,9 @@ def segments_info(panoptic: np.ndarray, semantic_scores: np.ndarray,
       continue
     is_thing = (0 <= class_id < len(info.class_has_instances) and
                 info.class_has_instances[class_id])
-    segments.append({"id": segment_id, "category_id": class_id,
+    category_id = (info.category_ids[class_id] if info.category_ids
+                   else class_id)  # A described dataset's source ids.
+    segments.append({"id": segment_id, "category_id": category_id,
                      "isthing": bool(is_thing), "area": area,
                      "score": scores[segment_id]})
   return tuple(segments)

@@ -159,3 +159,17 @@ def test_predicted_folders_carry_the_source_category_ids(tmp_path):
   expected = sorted(c["category_id"] for c in content["classes"]
                     if c["category_id"] is not None)
   assert sorted(c["id"] for c in written["categories"]) == expected
+
+
+def test_predicted_segments_carry_the_source_category_ids(tmp_path):
+  from deeplab2_kmax import predictor  # pylint: disable=g-import-not-at-top
+  path, content = _info_file(tmp_path)
+  info = dataset_registry.get(path)
+  source_id = {c["train_id"]: c["category_id"] for c in content["classes"]}
+  divisor = info.panoptic_label_divisor
+  panoptic = np.array([[1 * divisor + 1, 2 * divisor],
+                       [3 * divisor + 2, info.ignore_label * divisor]])
+  ones = np.ones(panoptic.shape, np.float32)
+  segments = predictor.segments_info(panoptic, ones, ones, info)
+  assert [s["category_id"] for s in segments] == [
+      source_id[1], source_id[2], source_id[3]]
