@@ -49,6 +49,12 @@ MAX_SUMMARY_IMAGES = 3
 # recorded kind is quantity i).
 QUANTITIES = ("loss", "gradients", "matching cost")
 SKIPPED_SUMMARY = "skipped_non_finite_steps"
+_GRADIENTS_BIT = 2 ** QUANTITIES.index("gradients")
+# Dynamic loss scaling (mixed_float16), as Keras' LossScaleOptimizer: start
+# at 2^15, halve on an overflow (the step is not applied), double after this
+# many steps without one.
+INITIAL_LOSS_SCALE = 2.0 ** 15
+LOSS_SCALE_GROWTH_STEPS = 2000
 
 # The library's error for NaN/Inf in training (defined with the checkpoint
 # guard so that the host matcher can raise it too).
@@ -58,6 +64,16 @@ NonFiniteLossError = checkpoint_guard.NonFiniteLossError
 def _all_finite(tensors) -> tf.Tensor:
   return tf.reduce_all(tf.stack(
       [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]))
+
+
+def _divide(gradient, scale):
+  """gradient / scale, for dense and sparse (gather) gradients."""
+  if gradient is None:
+    return None
+  if isinstance(gradient, tf.IndexedSlices):
+    return tf.IndexedSlices(gradient.values / scale, gradient.indices,
+                            gradient.dense_shape)
+  return gradient / scale
 
 
 def _add_gradients(a, b):
@@ -102,6 +118,15 @@ class KMaXTrainer(orbit.StandardTrainer):
                               (tf.int64, "skipped_non_finite_steps")))
     self._max_skipped = (
         config.trainer_options.max_skipped_non_finite_steps)
+    self._loss_scale = None
+    if config.trainer_options.mixed_precision == "mixed_float16":
+      with strategy.scope():
+        self._loss_scale, self._good_steps = (
+            tf.Variable(value, dtype=dtype, trainable=False, name=name,
+                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            for value, dtype, name in (
+                (INITIAL_LOSS_SCALE, tf.float32, "loss_scale"),
+                (0, tf.int64, "loss_scale_good_steps")))
     self._rest_vars, self._backbone_vars = optimization.split_variables(model)
     self._learning_rate = optimization.learning_rate_schedule(solver)
     self._image_steps = config.trainer_options.save_prediction_images_steps
@@ -157,7 +182,10 @@ class KMaXTrainer(orbit.StandardTrainer):
       losses = self._loss(y_true, outputs)
       total = tf.nn.compute_average_loss(
           losses[max_deeplab_loss.TOTAL], global_batch_size=self._batch_size)
-    gradients = tape.gradient(total, self._rest_vars + self._backbone_vars)
+      scaled = total if self._loss_scale is None else total * self._loss_scale
+    gradients = tape.gradient(scaled, self._rest_vars + self._backbone_vars)
+    if self._loss_scale is not None:
+      gradients = [_divide(g, self._loss_scale) for g in gradients]
     # Checked before clipping, which would turn an Inf norm into NaNs.
     flags = tf.cast(tf.logical_not(tf.stack(
         [_all_finite([total]), _all_finite(gradients), cost_finite])),
@@ -236,6 +264,14 @@ class KMaXTrainer(orbit.StandardTrainer):
     kind = tf.reduce_sum(tf.where(non_finite, 2 ** tf.range(len(QUANTITIES)),
                                   0))
     stopped = self._stop_step > 0
+    overflow = tf.constant(False)
+    if self._loss_scale is not None:
+      # float16: non-finite gradients alone are an overflow of the scaled
+      # loss, answered by a smaller scale, unless the scale is already 1.
+      overflow = tf.logical_and(tf.equal(kind, _GRADIENTS_BIT),
+                                self._loss_scale > 1.0)
+      kind = tf.where(overflow, 0, kind)
+      self._update_loss_scale(overflow, stopped)
     bad = tf.logical_and(kind > 0, tf.logical_not(stopped))
     over_budget = tf.logical_and(bad, self._skipped >= self._max_skipped)
     self._skipped.assign_add(tf.cast(
@@ -248,8 +284,22 @@ class KMaXTrainer(orbit.StandardTrainer):
       self._strategy.run(self._apply, args=(losses, gradients))
       return tf.constant(True)
 
-    return tf.cond(tf.logical_and(kind == 0, tf.logical_not(stopped)),
+    go = tf.logical_and(kind == 0, tf.logical_not(stopped))
+    return tf.cond(tf.logical_and(go, tf.logical_not(overflow)),
                    apply, lambda: tf.constant(False))
+
+  def _update_loss_scale(self, overflow, stopped):
+    """Dynamic loss scaling: halve on overflow, double after a good run."""
+    good = self._good_steps + 1
+    grow = tf.logical_and(tf.logical_not(overflow),
+                          good >= LOSS_SCALE_GROWTH_STEPS)
+    scale = tf.where(overflow, tf.maximum(self._loss_scale / 2.0, 1.0),
+                     tf.where(grow, self._loss_scale * 2.0, self._loss_scale))
+    keep = lambda new, old: tf.where(stopped, old, new)  # pylint: disable=g-long-lambda
+    self._loss_scale.assign(keep(scale, self._loss_scale))
+    self._good_steps.assign(keep(
+        tf.where(tf.logical_or(overflow, grow), tf.zeros_like(good), good),
+        self._good_steps))
 
   def train_step(self, iterator):
     def step_fn(batches):
@@ -336,4 +386,6 @@ class KMaXTrainer(orbit.StandardTrainer):
                     "images_per_second": images_per_second,
                     "step_time": elapsed / steps,
                     SKIPPED_SUMMARY: skipped})
+    if self._loss_scale is not None:
+      results["loss_scale"] = float(self._loss_scale.numpy())
     return results

@@ -1,4 +1,6 @@
-"""mixed_bfloat16 builds, trains and matches float32 within bfloat16's error.
+"""Mixed precision builds, trains and matches float32 within its rounding.
+
+mixed_float16 steps also scale the loss dynamically (checked below).
 
 bfloat16 keeps 8 significant bits (relative rounding 2^-9 per value); the
 forward pass rounds activations at every layer, so losses and gradients move
@@ -58,12 +60,21 @@ def _step(config, checkpoint, batch, policy):
       builders.build_dataset(config, training=True, seed=0),
       tf.distribute.get_strategy(), tf.Variable(0, dtype=tf.int64),
       "/nonexistent")
+  if policy == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
+    # TensorFlow's CPU kernels have no float16 backprop of dilated
+    # convolutions: the forward pass and the loss only.
+    outputs = tf.nest.map_structure(
+        lambda x: tf.cast(x, tf.float32),
+        model(batch["image"], training=True))
+    losses = trainer._loss(  # pylint: disable=protected-access
+        {k: batch[k] for k in trainer_lib._GT_KEYS}, outputs)  # pylint: disable=protected-access
+    return model, losses, None, None, trainer
   losses, gradients, _, flags = trainer._accumulate((batch,))  # pylint: disable=protected-access
-  return model, losses, gradients, flags
+  return model, losses, gradients, flags, trainer
 
 
-@pytest.fixture(scope="module")
-def steps(tmp_path_factory):
+@pytest.fixture(scope="module", params=["mixed_bfloat16", "mixed_float16"])
+def steps(tmp_path_factory, request):
   data_dir = utils.tiny_data(str(tmp_path_factory.mktemp("data")))
   config = _config(data_dir, "float32")
   batch = next(iter(builders.build_dataset(config, training=True, seed=0)))
@@ -73,34 +84,70 @@ def steps(tmp_path_factory):
   try:
     matching.match = lambda *args: permutations.append(original(*args)) or (
         permutations[-1])
-    model, losses, gradients, flags = _step(config, None, batch, "float32")
+    model, losses, gradients, flags, _ = _step(config, None, batch,
+                                               "float32")
     checkpoint = tf.train.Checkpoint(model=model).write(
         str(tmp_path_factory.mktemp("ckpt") / "float32"))
     matching.match = lambda *unused: permutations[0]
-    mixed = _step(_config(data_dir, "mixed_bfloat16"), checkpoint, batch,
-                  "mixed_bfloat16")
+    mixed = _step(_config(data_dir, request.param), checkpoint, batch,
+                  request.param)
   finally:
     matching.match = original
   assert len(permutations) == 1
-  return (model, losses, gradients, flags), mixed
+  return (model, losses, gradients, flags), mixed, request.param
 
 
-def test_variables_stay_float32_and_compute_is_bfloat16(steps):
-  _, (model, _, gradients, flags) = steps
+def test_variables_stay_float32_and_compute_is_reduced(steps):
+  _, (model, _, gradients, flags, _), policy = steps
   assert {v.dtype for v in model.variables} == {tf.float32}
-  assert model.encoder.compute_dtype == "bfloat16"
+  assert model.encoder.compute_dtype == policy[len("mixed_"):]
+  if gradients is None:
+    pytest.skip("no float16 gradients on this CPU")
   assert all(g is None or g.dtype == tf.float32 for g in gradients)
   assert not np.any(flags.numpy())
 
 
 def test_losses_and_gradients_match_float32_within_bfloat16_error(steps):
-  (_, losses, gradients, _), (_, mixed_losses, mixed_gradients, _) = steps
+  (_, losses, gradients, _), (_, mixed_losses, mixed_gradients, _, _), _ = (
+      steps)
   for name, value in losses.items():
     np.testing.assert_allclose(mixed_losses[name].numpy(), value.numpy(),
                                rtol=2e-2, atol=1e-3, err_msg=name)
+  if mixed_gradients is None:
+    pytest.skip("no float16 gradients on this CPU (losses compared)")
   flat = lambda grads: np.concatenate([  # pylint: disable=g-long-lambda
       tf.reshape(tf.convert_to_tensor(g), [-1]).numpy()
       for g in grads if g is not None])
   a, b = flat(gradients), flat(mixed_gradients)
   cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
   assert cosine > 0.99
+
+
+def test_float16_loss_scale_halves_on_overflow_and_grows_back(
+    steps, monkeypatch):
+  (model, losses, gradients, _), (_, _, _, _, trainer), policy = steps
+  if policy != "mixed_float16":
+    pytest.skip("loss scaling is float16's")
+  # The scaling logic on float32 gradients: it does not look at their dtype.
+  trainer._model = model  # pylint: disable=protected-access
+  trainer._rest_vars, trainer._backbone_vars = (  # pylint: disable=protected-access
+      trainer_lib.optimization.split_variables(model))
+  monkeypatch.setattr(trainer_lib, "LOSS_SCALE_GROWTH_STEPS", 2)
+  trainer.create_metrics(list(losses))
+  overflow = tf.constant([0.0, 1.0, 0.0])  # Gradients only.
+  fine = tf.constant([0.0, 0.0, 0.0])
+  scale = trainer_lib.INITIAL_LOSS_SCALE
+  weights = [v.numpy() for v in model.trainable_variables]
+  assert not trainer._guarded_apply(losses, gradients, overflow)  # pylint: disable=protected-access
+  # Not applied, not an error: the scale halves.
+  assert float(trainer._loss_scale.numpy()) == scale / 2  # pylint: disable=protected-access
+  assert int(trainer._stop_step.numpy()) == 0  # pylint: disable=protected-access
+  assert all(np.array_equal(w, v.numpy())
+             for w, v in zip(weights, model.trainable_variables))
+  assert trainer._guarded_apply(losses, gradients, fine)  # pylint: disable=protected-access
+  assert trainer._guarded_apply(losses, gradients, fine)  # pylint: disable=protected-access
+  assert float(trainer._loss_scale.numpy()) == scale  # Two good steps.
+  # At scale 1 an overflow is a failure, as in float32.
+  trainer._loss_scale.assign(1.0)  # pylint: disable=protected-access
+  assert not trainer._guarded_apply(losses, gradients, overflow)  # pylint: disable=protected-access
+  assert int(trainer._stop_step.numpy()) == 1  # pylint: disable=protected-access
