@@ -285,9 +285,10 @@ class ExportedModel:
 
   def __call__(self, image: np.ndarray) -> Dict[str, np.ndarray]:
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3 or 0 in image.shape:
+    if (image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3
+        or 0 in image.shape):
       raise ValueError("image must be a uint8 [H, W, 3] array with H, W > 0; "
-                       f"got shape {image.shape}")
+                       f"got {image.dtype} of shape {image.shape}")
     padded = preprocessing.eval_resize_and_pad(
         tf.cast(image, tf.float32), None, label_pad_value=0,
         **self._resize)[0]

@@ -143,6 +143,8 @@ def test_exports_declare_their_fixed_input_and_reject_bad_images(exported):
     assert runner.info["area_limits_in_graph"] == (fmt == "onnx")
     with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\].*\(8, 8, 4\)"):
       runner(np.zeros((8, 8, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\].*got float32"):
+      runner(np.zeros((8, 8, 3), np.float32))
   import onnxruntime  # pylint: disable=g-import-not-at-top
 
   session = onnxruntime.InferenceSession(
