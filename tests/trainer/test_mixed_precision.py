@@ -125,13 +125,12 @@ def test_losses_and_gradients_match_float32_within_bfloat16_error(steps):
 
 def test_float16_loss_scale_halves_on_overflow_and_grows_back(
     steps, monkeypatch):
-  (model, losses, gradients, _), (_, _, _, _, trainer), policy = steps
+  (_, losses, _, _), (model, _, _, _, trainer), policy = steps
   if policy != "mixed_float16":
     pytest.skip("loss scaling is float16's")
-  # The scaling logic on float32 gradients: it does not look at their dtype.
-  trainer._model = model  # pylint: disable=protected-access
-  trainer._rest_vars, trainer._backbone_vars = (  # pylint: disable=protected-access
-      trainer_lib.optimization.split_variables(model))
+  # The scaling logic does not look at the gradients' values.
+  gradients = [tf.zeros_like(v) for v in trainer._rest_vars +  # pylint: disable=protected-access
+               trainer._backbone_vars]  # pylint: disable=protected-access
   monkeypatch.setattr(trainer_lib, "LOSS_SCALE_GROWTH_STEPS", 2)
   trainer.create_metrics(list(losses))
   overflow = tf.constant([0.0, 1.0, 0.0])  # Gradients only.
