@@ -9,7 +9,6 @@ onnx, tflite: `export_formats`, a folder with the model at the export crop
 and `export.json`; `export_formats.ExportedModel` runs it on any image.
 """
 
-import os
 import sys
 
 from absl import app
@@ -32,6 +31,9 @@ def _define_flags() -> None:
                     "saved_model: any image size; onnx / tflite: the network "
                     "and merging at the export crop (export_formats).")
   flags.DEFINE_multi_string("define", [], "NAME=VALUE placeholders.")
+  flags.DEFINE_multi_string(
+      "config_override", [],
+      "A textproto fragment merged over the config, as train's flag.")
 
 
 def main(argv):
@@ -40,11 +42,10 @@ def main(argv):
   if not (FLAGS.config_file and FLAGS.checkpoint_path and FLAGS.output_path):
     raise app.UsageError(
         "--config_file, --checkpoint_path and --output_path are required.")
-  values = dict(os.environ)
-  values.update(d.split("=", 1) for d in FLAGS.define if "=" in d)
   try:
-    config = config_loader.load_config(FLAGS.config_file, values,
-                                       validate_config=False)
+    config = config_loader.load_config(
+        FLAGS.config_file, config_loader.parse_defines(FLAGS.define),
+        validate_config=False, overrides=FLAGS.config_override)
     path = export_formats.export(config, FLAGS.checkpoint_path,
                                  FLAGS.output_path, FLAGS.format)
   except (config_loader.ConfigError, export_lib.ExportError) as e:

@@ -36,6 +36,7 @@ from absl import logging
 import numpy as np
 import tqdm
 
+from deeplab2_kmax import config_loader
 from deeplab2_kmax import image_io
 from deeplab2_kmax import predictor as predictor_lib
 from deeplab2_kmax import visualization
@@ -326,8 +327,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   _check_flags()
-  defines = dict(d.split("=", 1) for d in FLAGS.define if "=" in d)
   try:
+    defines = config_loader.parse_defines(FLAGS.define)
     if FLAGS.saved_model and not os.path.isdir(FLAGS.saved_model):
       raise PredictError(f"{FLAGS.saved_model}: no such SavedModel directory")
     if FLAGS.image and not os.path.isfile(FLAGS.image):
