@@ -77,6 +77,20 @@ def test_rgba_is_composited_to_rgb(tmp_path):
   np.testing.assert_array_equal(rgb[3, 0], [0, 0, 0])
 
 
+def test_palette_images_use_their_colours_and_transparency(tmp_path):
+  indices = np.array([[0, 1], [2, 1]], np.uint8)
+  image = Image.fromarray(indices, "P")
+  image.putpalette([10, 20, 30, 200, 0, 0, 0, 250, 5] + [0] * 759)
+  image.save(tmp_path / "p.png")
+  image.save(tmp_path / "pt.png", transparency=1)  # Index 1 transparent.
+  np.testing.assert_array_equal(
+      image_io.read_rgb_image(str(tmp_path / "p.png")),
+      [[[10, 20, 30], [200, 0, 0]], [[0, 250, 5], [200, 0, 0]]])
+  np.testing.assert_array_equal(
+      image_io.read_rgb_image(str(tmp_path / "pt.png")),
+      [[[10, 20, 30], [0, 0, 0]], [[0, 250, 5], [0, 0, 0]]])
+
+
 def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
   values = np.array([[0, 257, 32768, 65535]], np.uint16)
   Image.fromarray(values).save(tmp_path / "deep.png")
