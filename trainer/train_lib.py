@@ -211,22 +211,7 @@ def _experiment(config, model_dir: str, mode: str,
   trainer = None
   checkpoint_items = {"model": model, "global_step": global_step}
   if training:
-    # One global-batch pipeline split across replicas: the same global batch
-    # whatever the number of devices (and so the same loss).
-    # With gradient accumulation, micro-batches of batch_size / K.
-    micro_batch = config.train_dataset_options.batch_size // max(
-        trainer_options.gradient_accumulation_steps, 1)
-    dataset = strategy.experimental_distribute_dataset(
-        builders.build_dataset(config, training=True,
-                               seed=config.random_seed,
-                               batch_size=micro_batch))
-    loss = builders.build_loss(config)
-    trainer = trainer_lib.KMaXTrainer(config, model, loss, dataset, strategy,
-                                      global_step, model_dir)
-    trainer.create_metrics(max_deeplab_loss.term_names(
-        model.num_kmax_layers,
-        model.semantic_branch is not None and
-        trainer_options.loss_options.HasField("semantic_loss")))
+    trainer = _build_trainer(config, model, strategy, global_step, model_dir)
     checkpoint_items.update(optimizer=trainer.optimizer,
                             backbone_optimizer=trainer.backbone_optimizer)
 
@@ -270,6 +255,27 @@ def _experiment(config, model_dir: str, mode: str,
     if named is None:
       raise
     raise named from e
+
+
+def _build_trainer(config, model, strategy, global_step, model_dir: str
+                   ) -> trainer_lib.KMaXTrainer:
+  """The trainer, its distributed dataset and its loss metrics."""
+  # One global-batch pipeline split across replicas: the same global batch
+  # whatever the number of devices (and so the same loss). With gradient
+  # accumulation, micro-batches of batch_size / K.
+  trainer_options = config.trainer_options
+  micro_batch = config.train_dataset_options.batch_size // max(
+      trainer_options.gradient_accumulation_steps, 1)
+  dataset = strategy.experimental_distribute_dataset(
+      builders.build_dataset(config, training=True, seed=config.random_seed,
+                             batch_size=micro_batch))
+  trainer = trainer_lib.KMaXTrainer(config, model, builders.build_loss(config),
+                                    dataset, strategy, global_step, model_dir)
+  trainer.create_metrics(max_deeplab_loss.term_names(
+      model.num_kmax_layers,
+      model.semantic_branch is not None and
+      trainer_options.loss_options.HasField("semantic_loss")))
+  return trainer
 
 
 def _write_skipped_records(model_dir: str,
