@@ -17,6 +17,7 @@ from deeplab2_kmax.model.heads import max_deeplab
 from deeplab2_kmax.model.heads import semantic
 from deeplab2_kmax.model.layers import checkpoint_keys
 from deeplab2_kmax.model.layers import convolutions
+from deeplab2_kmax.model.layers import recompute as recompute_lib
 from deeplab2_kmax.model.layers import resized_fuse
 from deeplab2_kmax.model.pixel_decoder import kmax as kmax_pixel_decoder
 from deeplab2_kmax.model.pixel_encoders import builder as encoder_builder
@@ -64,6 +65,7 @@ class KMaXDeepLab(tf_keras.Model):
                use_sync_batch_norm: bool = True,
                batch_norm_momentum: float = 0.99,
                batch_norm_epsilon: float = 1e-3,
+               recompute: str = "none",
                name: str = "kmax_deeplab"):
     """Builds the model; every argument is a plain value (no protos).
 
@@ -105,9 +107,17 @@ class KMaXDeepLab(tf_keras.Model):
       use_sync_batch_norm: Synchronised batch norm under a strategy.
       batch_norm_momentum: Moving-average momentum of every batch norm.
       batch_norm_epsilon: Variance epsilon of every batch norm.
+      recompute: "none", or "blocks": training recomputes the activations of
+        every residual block of the pixel encoder and decoder and of every
+        kMaX layer in the backward pass, for less activation memory
+        (`layers/recompute.py`); inference is unchanged.
       name: Model name.
     """
     super().__init__(name=name)
+    if recompute not in recompute_lib.MODES:
+      raise ValueError(f"{name}: recompute must be one of "
+                       f"{recompute_lib.MODES}, got {recompute!r}.")
+    recompute_blocks = recompute == "blocks"
     # Every batch norm of the model, lazily built ones included, comes from
     # this one factory.
     bn_layer = convolutions.batch_norm_class(
@@ -118,17 +128,20 @@ class KMaXDeepLab(tf_keras.Model):
         backbone, drop_path_keep_prob=backbone_drop_path_keep_prob,
         drop_path_schedule=backbone_drop_path_schedule,
         width_multiplier=backbone_width_multiplier,
-        blocks_per_stage=backbone_blocks_per_stage, bn_layer=bn_layer)
+        blocks_per_stage=backbone_blocks_per_stage, bn_layer=bn_layer,
+        recompute=recompute_blocks)
     self.pixel_decoder = kmax_pixel_decoder.KMaXPixelDecoder(
         high_resolution_output_stride=high_resolution_output_stride,
         num_blocks=pixel_decoder_num_blocks,
-        width_multiplier=pixel_decoder_width_multiplier, bn_layer=bn_layer)
+        width_multiplier=pixel_decoder_width_multiplier, bn_layer=bn_layer,
+        recompute=recompute_blocks)
     self.transformer_decoder = kmax_transformer.KMaXTransformerDecoder(
         num_classes, num_mask_slots, transformer_num_blocks,
         transformer_channels, transformer_ffn_channels, transformer_num_heads,
         cross_attention, transformer_drop_path_keep_prob,
         drop_query_keep_number, pixel_head_channels, pixel_output_channels,
-        bn_layer=bn_layer, mask_logits_gamma_init=mask_logits_gamma_init)
+        bn_layer=bn_layer, mask_logits_gamma_init=mask_logits_gamma_init,
+        recompute=recompute_blocks)
     self.head = max_deeplab.MaXDeepLabHead(
         num_classes, pixel_head_channels, pixel_output_channels,
         bn_layer=bn_layer, mask_logits_gamma_init=mask_logits_gamma_init,

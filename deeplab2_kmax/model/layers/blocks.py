@@ -15,6 +15,7 @@ from typing import Callable
 from typing import Optional
 from typing import Sequence
 
+import tensorflow as tf
 import tf_keras
 
 from deeplab2_kmax.model.layers import activations
@@ -22,6 +23,7 @@ from deeplab2_kmax.model.layers import axial_attention
 from deeplab2_kmax.model.layers import checkpoint_keys
 from deeplab2_kmax.model.layers import convolutions
 from deeplab2_kmax.model.layers import drop_path
+from deeplab2_kmax.model.layers import recompute
 
 
 class BottleneckBlock(tf_keras.layers.Layer):
@@ -32,6 +34,8 @@ class BottleneckBlock(tf_keras.layers.Layer):
   A projection shortcut (1x1 conv + BN, strided) is built when the input
   channels differ from 4 * filters; otherwise a strided block subsamples.
   `atrous_rate` dilates the 3x3 conv (ignored by axial attention).
+  With `recompute`, training keeps only the block's input for the backward
+  pass and recomputes its activations there (`recompute.recomputed_call`).
   """
 
   def __init__(self,
@@ -43,9 +47,11 @@ class BottleneckBlock(tf_keras.layers.Layer):
                activation: str = "relu",
                drop_path_keep_prob: float = 1.0,
                bn_layer: Callable[..., tf_keras.layers.Layer] = (
-                   tf_keras.layers.BatchNormalization)):
+                   tf_keras.layers.BatchNormalization),
+               recompute: bool = False):
     super().__init__(name=name)
     self._filters = filters
+    self._recompute = recompute
     self._strides = strides
     self._activation = activation
     self._activation_fn = activations.get(activation)
@@ -80,6 +86,26 @@ class BottleneckBlock(tf_keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, inputs, training=False):
+    if training and self._recompute:
+      return self._recomputed_call(inputs)
+    residual, shortcut = self._branches(inputs, training)
+    return self._drop_path(residual, training=training) + shortcut
+
+  def _recomputed_call(self, inputs):
+    """Training call; the drop-path mask is drawn once, outside."""
+    mask = self._drop_path.sample_mask(inputs, training=True)
+
+    def forward(x, *masks):
+      residual, shortcut = self._branches(x, training=True)
+      if masks:
+        residual = residual * tf.cast(masks[0], residual.dtype)
+      return residual + shortcut
+
+    masks = [] if mask is None else [mask]
+    return recompute.recomputed_call(self, forward, inputs, *masks)
+
+  def _branches(self, inputs, training):
+    """(residual branch before drop path, shortcut) of the block."""
     x = self._activation_fn(inputs)
     if self._shortcut is not None:
       shortcut = self._shortcut(x, training=training)
@@ -91,8 +117,7 @@ class BottleneckBlock(tf_keras.layers.Layer):
           self._attention(residual, training=training))
     else:
       residual = self._spatial(residual, training=training)
-    residual = self._expand(residual, training=training)
-    return self._drop_path(residual, training=training) + shortcut
+    return self._expand(residual, training=training), shortcut
 
   def deeplab2_variable_map(self) -> checkpoint_keys.VariableMap:
     maps = [
@@ -117,7 +142,8 @@ class BlockStage(tf_keras.layers.Layer):
   """A sequence of bottleneck/axial blocks at one resolution.
 
   The first block carries the stride; `atrous_rate` dilates every 3x3 conv.
-  `use_axial_attention` and `drop_path_keep_probs` are given per block.
+  `use_axial_attention` and `drop_path_keep_probs` are given per block;
+  `recompute` applies to every block.
   """
 
   def __init__(self,
@@ -130,7 +156,8 @@ class BlockStage(tf_keras.layers.Layer):
                drop_path_keep_probs: Optional[Sequence[float]] = None,
                activation: str = "relu",
                bn_layer: Callable[..., tf_keras.layers.Layer] = (
-                   tf_keras.layers.BatchNormalization)):
+                   tf_keras.layers.BatchNormalization),
+               recompute: bool = False):
     super().__init__(name=name)
     use_axial_attention = use_axial_attention or [False] * num_blocks
     drop_path_keep_probs = drop_path_keep_probs or [1.0] * num_blocks
@@ -146,7 +173,8 @@ class BlockStage(tf_keras.layers.Layer):
             use_axial_attention=use_axial_attention[index],
             activation=activation,
             drop_path_keep_prob=drop_path_keep_probs[index],
-            bn_layer=bn_layer) for index in range(num_blocks)
+            bn_layer=bn_layer, recompute=recompute)
+        for index in range(num_blocks)
     ]
 
   @property

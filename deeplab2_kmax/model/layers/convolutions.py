@@ -22,6 +22,27 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab2_kmax.model.layers import activations
+from deeplab2_kmax.model.layers import recompute
+
+
+class _UpdatedOncePerStep:
+  """Skips the moving-average updates while a block is being recomputed."""
+
+  skips_updates_when_recomputed = True
+
+  def add_update(self, updates):
+    if not recompute.updates_frozen():
+      super().add_update(updates)  # pytype: disable=attribute-error
+
+
+class BatchNormalization(_UpdatedOncePerStep,
+                         tf_keras.layers.BatchNormalization):
+  """Keras batch norm whose moving averages ignore recomputed passes."""
+
+
+class SyncBatchNormalization(
+    _UpdatedOncePerStep, tf_keras.layers.experimental.SyncBatchNormalization):
+  """Keras synchronised batch norm that ignores recomputed passes."""
 
 
 def batch_norm_class(use_sync_batch_norm: bool = True,
@@ -31,9 +52,9 @@ def batch_norm_class(use_sync_batch_norm: bool = True,
 
   Synchronised batch norm averages statistics over all replicas of a
   distribution strategy (SPEC §6) and equals plain batch norm on one replica.
+  Both update their moving averages once per step under `recompute`.
   """
-  layer = (tf_keras.layers.experimental.SyncBatchNormalization
-           if use_sync_batch_norm else tf_keras.layers.BatchNormalization)
+  layer = SyncBatchNormalization if use_sync_batch_norm else BatchNormalization
   return functools.partial(layer, momentum=momentum, epsilon=epsilon)
 
 

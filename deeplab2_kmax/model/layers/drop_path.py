@@ -46,6 +46,15 @@ class DropPath(tf_keras.layers.Layer):
   def keep_prob(self) -> float:
     return self._keep_prob
 
+  def sample_mask(self, inputs, training=False):
+    """The mask `call` draws for a tensor shaped like `inputs`, or None.
+
+    A recomputed block draws it once and applies it in both passes.
+    """
+    if not training or self._keep_prob == 1.0:
+      return None
+    return drop_path_mask(inputs, self._keep_prob)
+
   def call(self, inputs, training=False):
     if not training or self._keep_prob == 1.0:
       return inputs

@@ -56,6 +56,7 @@ class KMaXPixelDecoder(tf_keras.layers.Layer):
                activation: str = "gelu",
                use_sync_batch_norm: bool = True,
                bn_layer: Optional[Callable[..., tf_keras.layers.Layer]] = None,
+               recompute: bool = False,
                name: str = "pixel_decoder"):
     """Initialises the decoder.
 
@@ -72,6 +73,8 @@ class KMaXPixelDecoder(tf_keras.layers.Layer):
       activation: Activation function name.
       use_sync_batch_norm: Synchronised batch norm across replicas.
       bn_layer: Overrides the batch-norm class.
+      recompute: Recompute each block's activations in the backward pass of
+        training (`layers/recompute.py`).
       name: Layer name.
     """
     super().__init__(name=name)
@@ -106,7 +109,7 @@ class KMaXPixelDecoder(tf_keras.layers.Layer):
             atrous_rate=_BOTTLENECK_ATROUS_RATE,
             use_axial_attention=[block_types[i] == "axial"] * num_blocks[i],
             drop_path_keep_probs=[drop_path_keep_prob] * num_blocks[i],
-            activation=activation, bn_layer=bn_layer)
+            activation=activation, bn_layer=bn_layer, recompute=recompute)
         for i in range(num_stages)]
     self._fuses = [
         resized_fuse.ResizedFuse(filters[i + 1], name=f"fuse_{i}",

@@ -59,6 +59,7 @@ class AxialResNet(staged.StagedEncoder):
                blocks_per_stage: Optional[Sequence[int]] = None,
                bn_layer: Callable[..., tf_keras.layers.Layer] = (
                    tf_keras.layers.BatchNormalization),
+               recompute: bool = False,
                name: str = "encoder"):
     super().__init__(name=name)
     blocks_per_stage = tuple(blocks_per_stage or variant.blocks_per_stage)
@@ -95,7 +96,8 @@ class AxialResNet(staged.StagedEncoder):
           use_axial_attention=use_axial,
           drop_path_keep_probs=keep_probs,
           activation=variant.activation,
-          bn_layer=bn_layer)
+          bn_layer=bn_layer,
+          recompute=recompute)
       self._stages.append(stage)
       self.endpoint_channels[f"stage{index + 2}"] = stage.output_channels
 

@@ -31,6 +31,7 @@ def build_pixel_encoder(
     blocks_per_stage: Optional[Sequence[int]] = None,
     use_sync_batch_norm: bool = True,
     bn_layer: Optional[Callable[..., tf_keras.layers.Layer]] = None,
+    recompute: bool = False,
     layer_name: str = "encoder") -> tf_keras.layers.Layer:
   """Returns the pixel encoder `name` (one of ENCODER_NAMES).
 
@@ -48,6 +49,8 @@ def build_pixel_encoder(
     use_sync_batch_norm: Synchronised batch norm across replicas (ResNets;
       ConvNeXt has layer norm only).
     bn_layer: Overrides the batch-norm factory (e.g. other momentum).
+    recompute: Recompute each residual block's activations in the backward
+      pass of training (`layers/recompute.py`).
     layer_name: The Keras name of the returned layer.
   """
   if not 0.0 < drop_path_keep_prob <= 1.0:
@@ -67,6 +70,7 @@ def build_pixel_encoder(
         blocks_per_stage=blocks_per_stage,
         bn_layer=bn_layer or convolutions.batch_norm_class(
             use_sync_batch_norm),
+        recompute=recompute,
         name=layer_name)
   if name in convnext.VARIANTS:
     return convnext.ConvNeXt(
@@ -75,6 +79,7 @@ def build_pixel_encoder(
         drop_path_schedule=drop_path_schedule,
         width_multiplier=width_multiplier,
         blocks_per_stage=blocks_per_stage,
+        recompute=recompute,
         name=layer_name)
   raise ValueError(f"Unknown pixel encoder {name!r}; expected one of "
                    f"{list(ENCODER_NAMES)}.")

@@ -24,6 +24,7 @@ import tf_keras
 from deeplab2_kmax.model.layers import activations
 from deeplab2_kmax.model.layers import checkpoint_keys
 from deeplab2_kmax.model.layers import drop_path
+from deeplab2_kmax.model.layers import recompute
 from deeplab2_kmax.model.pixel_encoders import staged
 
 
@@ -74,14 +75,20 @@ class DepthwiseConv7x7(tf_keras.layers.Layer):
 
 
 class ConvNeXtBlock(tf_keras.layers.Layer):
-  """Depthwise 7x7 -> LN -> MLP(4x, GELU) -> layer scale -> residual."""
+  """Depthwise 7x7 -> LN -> MLP(4x, GELU) -> layer scale -> residual.
+
+  With `recompute`, training recomputes the block's activations in the
+  backward pass (`recompute.recomputed_call`).
+  """
 
   def __init__(self,
                channels: int,
                name: str,
                drop_path_keep_prob: float = 1.0,
-               layer_scale_init_value: float = 1e-6):
+               layer_scale_init_value: float = 1e-6,
+               recompute: bool = False):
     super().__init__(name=name)
+    self._recompute = recompute
     self._depthwise = DepthwiseConv7x7()
     self._norm = tf_keras.layers.LayerNormalization(
         epsilon=_LAYER_NORM_EPSILON, name="norm")
@@ -98,9 +105,26 @@ class ConvNeXtBlock(tf_keras.layers.Layer):
     self._drop_path = drop_path.DropPath(drop_path_keep_prob)
 
   def call(self, inputs, training=False):
+    if not (training and self._recompute):
+      return inputs + self._drop_path(self._branch(inputs), training=training)
+    mask = self._drop_path.sample_mask(inputs, training=True)
+
+    def forward(x, *masks):
+      branch = self._branch(x)
+      if masks:
+        branch = branch * tf.cast(masks[0], branch.dtype)
+      return x + branch
+
+    masks = [] if mask is None else [mask]
+    return recompute.recomputed_call(self, forward, inputs, *masks)
+
+  def _branch(self, inputs):
+    """The residual branch before drop path."""
     x = self._norm(self._depthwise(inputs))
     x = self._project(self._activation_fn(self._expand(x)))
-    return inputs + self._drop_path(self.layer_scale * x, training=training)
+    # Cast: a recomputation runs outside this layer's call, where Keras
+    # would not cast the variable to the compute dtype.
+    return tf.cast(self.layer_scale, x.dtype) * x
 
   def deeplab2_variable_map(self) -> checkpoint_keys.VariableMap:
     return {
@@ -159,6 +183,7 @@ class ConvNeXt(staged.StagedEncoder):
                width_multiplier: float = 1.0,
                blocks_per_stage: Optional[Sequence[int]] = None,
                layer_scale_init_value: float = 1e-6,
+               recompute: bool = False,
                name: str = "encoder"):
     super().__init__(name=name)
     depths = tuple(blocks_per_stage or variant.depths)
@@ -186,7 +211,8 @@ class ConvNeXt(staged.StagedEncoder):
       self._stages.append([
           ConvNeXtBlock(width, name=f"convnext_block_{index}_{j}",
                         drop_path_keep_prob=keep_probs[first + j],
-                        layer_scale_init_value=layer_scale_init_value)
+                        layer_scale_init_value=layer_scale_init_value,
+                        recompute=recompute)
           for j in range(depth)])
       self.endpoint_channels[f"stage{index + 2}"] = width
     self._activation_fn = activations.get("gelu")

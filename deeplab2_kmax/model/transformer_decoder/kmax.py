@@ -26,55 +26,11 @@ from deeplab2_kmax.model.layers import activations
 from deeplab2_kmax.model.layers import checkpoint_keys
 from deeplab2_kmax.model.layers import convolutions
 from deeplab2_kmax.model.layers import drop_path
+from deeplab2_kmax.model.layers import recompute
+from deeplab2_kmax.model.transformer_decoder import attention
 from deeplab2_kmax.model.transformer_decoder import head_split
 
 CROSS_ATTENTIONS = ("kmeans", "softmax")
-
-
-class MultiHeadAttention(tf_keras.layers.Layer):
-  """Attention with batch norm on the similarity logits and retrieved values.
-
-  query [B, h, L, d_k], key [B, h, M, d_k], value [B, M, h, d_v] ->
-  [B, L, h * d_v]. As in Axial-DeepLab/MaX-DeepLab, logits are not scaled by
-  1/sqrt(d): the batch norm over heads (axis 1) sets their scale.
-  """
-
-  def __init__(self, name: str, activation: str = "gelu",
-               bn_layer: Callable[..., tf_keras.layers.Layer] = (
-                   tf_keras.layers.BatchNormalization)):
-    super().__init__(name=name)
-    self.batch_norm_similarity = bn_layer(axis=1, name="batch_norm_similarity")
-    self.batch_norm_retrieved_value = bn_layer(
-        axis=[1, 3], name="batch_norm_retrieved_value")
-    self._activation_fn = activations.get(activation)
-
-  def call(self, query, key, value, training=False):
-    logits = tf.einsum("bhld,bhmd->bhlm", query, key)
-    logits = self.batch_norm_similarity(logits, training=training)
-    weights = tf.nn.softmax(logits, axis=-1)
-    retrieved = tf.einsum("bhlm,bmhd->bhld", weights, value)
-    retrieved = self.batch_norm_retrieved_value(retrieved, training=training)
-    retrieved = self._activation_fn(retrieved)
-    batch, heads, length, depth = (tf.shape(retrieved)[0], retrieved.shape[1],
-                                   retrieved.shape[2], retrieved.shape[3])
-    return tf.reshape(tf.transpose(retrieved, [0, 2, 1, 3]),
-                      [batch, length, heads * depth])
-
-  def deeplab2_variable_map(self) -> checkpoint_keys.VariableMap:
-    return checkpoint_keys.merge(
-        checkpoint_keys.prefixed(
-            "_batch_norm_similarity",
-            checkpoint_keys.batch_norm_map(self.batch_norm_similarity)),
-        checkpoint_keys.prefixed(
-            "_batch_norm_retrieved_value",
-            checkpoint_keys.batch_norm_map(self.batch_norm_retrieved_value)))
-
-
-def _split_heads(x: tf.Tensor, num_heads: int) -> tf.Tensor:
-  """[B, L, h*d] -> [B, h, L, d]."""
-  length, channels = x.shape[1], x.shape[2]
-  x = tf.reshape(x, [-1, length, num_heads, channels // num_heads])
-  return tf.transpose(x, [0, 2, 1, 3])
 
 
 class KMaXLayer(tf_keras.layers.Layer):
@@ -93,6 +49,7 @@ class KMaXLayer(tf_keras.layers.Layer):
                bn_layer: Callable[..., tf_keras.layers.Layer] = (
                    tf_keras.layers.BatchNormalization),
                mask_logits_gamma_init: float = 0.1,
+               recompute: bool = False,
                name: str = "kmax_layer"):
     """Initialises the layer.
 
@@ -108,6 +65,8 @@ class KMaXLayer(tf_keras.layers.Layer):
       activation: Activation function.
       bn_layer: Batch-norm class.
       mask_logits_gamma_init: Initial mask-logit gamma of the auxiliary head.
+      recompute: Recompute the layer's activations in the backward pass of
+        training (`layers/recompute.py`).
       name: Layer name.
     """
     super().__init__(name=name)
@@ -125,6 +84,7 @@ class KMaXLayer(tf_keras.layers.Layer):
     self._num_heads = num_heads
     self._cross_attention = cross_attention
     self._keep_prob = drop_path_keep_prob
+    self._recompute = recompute
     self._activation_fn = activations.get(activation)
     qkv_init = lambda: tf_keras.initializers.TruncatedNormal(  # pylint: disable=g-long-lambda
         stddev=channels**-0.5)
@@ -138,7 +98,7 @@ class KMaXLayer(tf_keras.layers.Layer):
     # Centre self-attention: q, k, v from one projection.
     self.memory_qkv_conv_bn = conv(2 * key_channels + value_channels,
                                    "memory_qkv_conv_bn", init=qkv_init())
-    self.memory_attention = MultiHeadAttention("memory_attention", activation,
+    self.memory_attention = attention.MultiHeadAttention("memory_attention", activation,
                                                bn_layer)
     self.memory_conv3_bn = conv(channels, "memory_conv3_bn", gamma="zeros")
     # 2-3. Cross-attention.
@@ -152,7 +112,7 @@ class KMaXLayer(tf_keras.layers.Layer):
     else:
       self.pixel_kv_conv_bn = conv(key_channels + value_channels,
                                    "pixel_kv_conv_bn", init=qkv_init())
-      self.cross_attention = MultiHeadAttention("cross_attention", activation,
+      self.cross_attention = attention.MultiHeadAttention("cross_attention", activation,
                                                 bn_layer)
       self.cross_attention_conv3_bn = conv(channels, "cross_attention_conv3_bn",
                                            gamma="zeros")
@@ -175,6 +135,25 @@ class KMaXLayer(tf_keras.layers.Layer):
   def call(self, pixels, centers, training=False
            ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
     """pixels [B, H, W, Cp], centers [B, N, D] -> (new centers, aux dict)."""
+    if not (training and self._recompute):
+      return self._forward(pixels, centers, training,
+                           lambda x, _: self._drop_path(x, training))
+    # The three residuals' drop-path masks, drawn once in the order of the
+    # plain call and passed to both passes.
+    masks = []
+    if self._keep_prob < 1.0:
+      masks = [drop_path.drop_path_mask(centers, self._keep_prob)
+               for _ in range(3)]
+
+    def forward(pixels, centers, *masks):
+      return self._forward(
+          pixels, centers, True,
+          lambda x, i: x * tf.cast(masks[i], x.dtype) if masks else x)
+
+    return recompute.recomputed_call(self, forward, pixels, centers, *masks)
+
+  def _forward(self, pixels, centers, training, drop_path_fn):
+    """The layer; drop_path_fn(x, i) drops the i-th residual (0, 1, 2)."""
     height, width = pixels.shape[1], pixels.shape[2]
     pixel_features = tf.reshape(self._activation_fn(pixels),
                                 [-1, height * width, pixels.shape[3]])
@@ -210,29 +189,29 @@ class KMaXLayer(tf_keras.layers.Layer):
           self.pixel_kv_conv_bn(pixel_features, training=training),
           [self._key_channels, self._value_channels], axis=-1)
       update = self.cross_attention(
-          _split_heads(query, self._num_heads),
-          _split_heads(keys, self._num_heads),
+          attention.split_heads(query, self._num_heads),
+          attention.split_heads(keys, self._num_heads),
           tf.reshape(values, [-1, height * width, self._num_heads,
                               self._value_channels // self._num_heads]),
           training=training)
       update = self.cross_attention_conv3_bn(update, training=training)
-    outputs = centers + self._drop_path(update, training)
+    outputs = centers + drop_path_fn(update, 0)
 
     # 4. Self-attention among the centres.
     num_slots = centers.shape[1]
     attended = self.memory_attention(
-        _split_heads(query, self._num_heads),
-        _split_heads(key, self._num_heads),
+        attention.split_heads(query, self._num_heads),
+        attention.split_heads(key, self._num_heads),
         tf.reshape(value, [-1, num_slots, self._num_heads,
                            self._value_channels // self._num_heads]),
         training=training)
     attended = self.memory_conv3_bn(attended, training=training)
-    outputs = self._activation_fn(outputs + self._drop_path(attended, training))
+    outputs = self._activation_fn(outputs + drop_path_fn(attended, 1))
 
     # 5. Feed-forward network.
     ffn = self.memory_ffn_conv1_bn_act(outputs, training=training)
     ffn = self.memory_ffn_conv2_bn(ffn, training=training)
-    outputs = self._activation_fn(outputs + self._drop_path(ffn, training))
+    outputs = self._activation_fn(outputs + drop_path_fn(ffn, 2))
     return outputs, auxiliary
 
   def deeplab2_variable_map(self) -> checkpoint_keys.VariableMap:
@@ -282,6 +261,7 @@ class KMaXTransformerDecoder(tf_keras.layers.Layer):
                bn_layer: Callable[..., tf_keras.layers.Layer] = (
                    tf_keras.layers.BatchNormalization),
                mask_logits_gamma_init: float = 0.1,
+               recompute: bool = False,
                name: str = "transformer_decoder"):
     """Initialises the decoder.
 
@@ -301,6 +281,8 @@ class KMaXTransformerDecoder(tf_keras.layers.Layer):
       activation: Activation function.
       bn_layer: Batch-norm class.
       mask_logits_gamma_init: Initial mask-logit gamma of the auxiliary heads.
+      recompute: Recompute each kMaX layer's activations in the backward pass
+        of training (`layers/recompute.py`).
       name: Layer name.
     """
     super().__init__(name=name)
@@ -319,7 +301,8 @@ class KMaXTransformerDecoder(tf_keras.layers.Layer):
         KMaXLayer(num_classes, channels, ffn_channels, num_heads,
                   cross_attention, drop_path_keep_prob, pixel_head_channels,
                   pixel_output_channels, activation, bn_layer,
-                  mask_logits_gamma_init, name=f"kmax_layer_{i}")
+                  mask_logits_gamma_init, recompute=recompute,
+                  name=f"kmax_layer_{i}")
         for i in range(len(self._stage_of_layer))]
     conv = lambda n: convolutions.Conv1DBN(channels, n, bn_layer=bn_layer,  # pylint: disable=g-long-lambda
                                            activation=activation)
