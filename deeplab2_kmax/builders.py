@@ -88,6 +88,7 @@ def model_kwargs(config) -> Dict[str, object]:
       use_sync_batch_norm=solver.use_sync_batchnorm,
       batch_norm_momentum=solver.batchnorm_momentum,
       batch_norm_epsilon=solver.batchnorm_epsilon,
+      recompute=config.trainer_options.recompute,
   )
   return kwargs
 

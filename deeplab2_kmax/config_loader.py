@@ -35,6 +35,7 @@ OPTIMIZERS = ("adamw",)
 LEARNING_POLICIES = ("poly",)
 MIXED_PRECISION = ("float32", "mixed_bfloat16", "mixed_float16")
 MATCHING = ("auto", "scipy", "tensorflow")
+RECOMPUTE = ("none", "blocks")
 METRICS = ("panoptic_quality", "coco_ap", "mean_iou")
 COPY_PASTE_OPTIONS = ("all", "random", "none")
 DROP_PATH_SCHEDULES = ("linear", "constant")
@@ -321,6 +322,7 @@ def _check_trainer(c: _Checker, trainer, batch_size: int):
             "at the first non-finite step)")
   c.one_of(trainer.mixed_precision, MIXED_PRECISION,
            "trainer_options.mixed_precision")
+  c.one_of(trainer.recompute, RECOMPUTE, "trainer_options.recompute")
   c.one_of(trainer.loss_options.matching_implementation, MATCHING,
            "trainer_options.loss_options.matching_implementation")
   _check_losses(c, trainer.loss_options)
