@@ -73,13 +73,7 @@ def _resized_eval_config(data_dir, steps):
   config.evaluator_options.save_predictions = True
   config.eval_dataset_options.min_resize_value[:] = [48]
   config.eval_dataset_options.max_resize_value[:] = [48]
-  maskwise = config.evaluator_options.maskwise_postprocessing
-  maskwise.transformer_class_confidence_threshold_thing = 0.0
-  maskwise.transformer_class_confidence_threshold_stuff = 0.0
-  maskwise.overlapping_threshold = 0.0
-  config.evaluator_options.pixel_confidence_threshold = 1 / 8
-  config.evaluator_options.thing_area_limit = 0
-  config.evaluator_options.stuff_area_limit = 0
+  utils.accept_every_segment(config)
   return config
 
 
