@@ -141,18 +141,13 @@ def validate_records(file_pattern: Union[str, Sequence[str]]) -> int:
   """
   total = 0
   for path in list_files(file_pattern):
-    offsets = scan_record_headers(path)
-    index = 0  # Records read and decoded so far.
-    try:
-      for record in tf.data.TFRecordDataset(path):
-        tfrecord.decode_example(record)
-        index += 1
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-      offset = offsets[index] if index < len(offsets) else "?"
+    num_records, problems = _shard_problems(path)
+    if problems:
+      first = problems[0]
       raise CorruptRecordError(
-          f"Corrupt TFRecord file {path}: record {index} at byte offset "
-          f"{offset}: {e.message}") from e
-    total += len(offsets)
+          f"Corrupt TFRecord file {path}: record {first.record} at byte "
+          f"offset {first.offset}: {first.reason}")
+    total += num_records
   return total
 
 
@@ -187,8 +182,8 @@ def _reason(error: tf.errors.OpError) -> str:
   return re.sub(r"\s*\[Op:.*$", "", message)
 
 
-def _shard_problems(path: str) -> List[CorruptRecord]:
-  """Every record of one shard that tf.data cannot read or decode."""
+def _shard_problems(path: str) -> Tuple[int, List[CorruptRecord]]:
+  """(framed records, every record tf.data cannot read or decode) of a shard."""
   walk = _walk_headers(path)
   problems = []
   index = 0
@@ -201,7 +196,8 @@ def _shard_problems(path: str) -> List[CorruptRecord]:
                                       _reason(e), 1))
       index += 1
   except tf.errors.DataLossError as e:
-    reason = _reason(e)
+    # At a broken header the walk says more than tf.data does.
+    reason = walk.error if index >= len(walk.offsets) else _reason(e)
   else:
     reason = walk.error
   if reason:
@@ -210,7 +206,7 @@ def _shard_problems(path: str) -> List[CorruptRecord]:
     problems.append(CorruptRecord(
         path, index, offset, reason, len(walk.offsets) - index,
         walk.size - walk.error_offset if walk.error else 0))
-  return problems
+  return len(walk.offsets), problems
 
 
 def find_corrupt_records(file_pattern: Union[str, Sequence[str]],
@@ -219,7 +215,7 @@ def find_corrupt_records(file_pattern: Union[str, Sequence[str]],
   found = []
   for path in tqdm.tqdm(list_files(file_pattern), desc="checking records",
                         unit="file", disable=not progress):
-    for problem in _shard_problems(path):
+    for problem in _shard_problems(path)[1]:
       logging.warning("Corrupt TFRecord %s", problem.describe())
       found.append(problem)
   return found

@@ -73,8 +73,22 @@ def _step(config, checkpoint, batch, policy):
   return model, losses, gradients, flags, trainer
 
 
+_STEPS = {}
+
+
+def _steps(tmp_path_factory, policy):
+  """float32 and `policy` steps on the same weights, batch and matching."""
+  if policy not in _STEPS:
+    _STEPS[policy] = _compare(tmp_path_factory, policy)
+  return _STEPS[policy]
+
+
 @pytest.fixture(scope="module", params=["mixed_bfloat16", "mixed_float16"])
 def steps(tmp_path_factory, request):
+  return _steps(tmp_path_factory, request.param)
+
+
+def _compare(tmp_path_factory, policy):
   data_dir = utils.tiny_data(str(tmp_path_factory.mktemp("data")))
   config = _config(data_dir, "float32")
   batch = next(iter(builders.build_dataset(config, training=True, seed=0)))
@@ -89,12 +103,11 @@ def steps(tmp_path_factory, request):
     checkpoint = tf.train.Checkpoint(model=model).write(
         str(tmp_path_factory.mktemp("ckpt") / "float32"))
     matching.match = lambda *unused: permutations[0]
-    mixed = _step(_config(data_dir, request.param), checkpoint, batch,
-                  request.param)
+    mixed = _step(_config(data_dir, policy), checkpoint, batch, policy)
   finally:
     matching.match = original
   assert len(permutations) == 1
-  return (model, losses, gradients, flags), mixed, request.param
+  return (model, losses, gradients, flags), mixed, policy
 
 
 def test_variables_stay_float32_and_compute_is_reduced(steps):
@@ -124,10 +137,9 @@ def test_losses_and_gradients_match_float32_within_bfloat16_error(steps):
 
 
 def test_float16_loss_scale_halves_on_overflow_and_grows_back(
-    steps, monkeypatch):
-  (_, losses, _, _), (model, _, _, _, trainer), policy = steps
-  if policy != "mixed_float16":
-    pytest.skip("loss scaling is float16's")
+    tmp_path_factory, monkeypatch):
+  (_, losses, _, _), (model, _, _, _, trainer), _ = _steps(
+      tmp_path_factory, "mixed_float16")
   # The scaling logic does not look at the gradients' values.
   gradients = [tf.zeros_like(v) for v in trainer._rest_vars +  # pylint: disable=protected-access
                trainer._backbone_vars]  # pylint: disable=protected-access
