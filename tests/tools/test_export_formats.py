@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "trainer"))
 import trainer_test_utils as utils  # noqa: E402
@@ -46,7 +47,9 @@ def _sharp_config():
 def exported(tmp_path_factory):
   """(config, model, {format: ExportedModel}) for a sharpened tiny model."""
   config = _sharp_config()
-  tf.keras.utils.set_random_seed(0)
+  # tf_keras' own seed (not Keras 3's): its initialisers draw from it, so the
+  # weights do not depend on the tests that ran before in this process.
+  tf_keras.utils.set_random_seed(0)
   model = builders.build_model(config, crop_size=(64, 64))
   gamma = [v for v in model.variables if v.name.startswith(
       "kmax_deeplab/max_deeplab_head/pixel_space_mask_batch_norm/gamma")]
