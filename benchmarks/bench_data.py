@@ -39,9 +39,11 @@ def measure(name: str, recipe: dict, num_images: int, batches: int,
                              progress=False)
   ds = input_pipeline.build_dataset(
       dataset_registry.get("synthetic_panoptic"),
-      os.path.join(out, "train-*"), is_training=True,
-      autoaugment_policy="simple_classification", copy_paste=True, seed=0,
-      **recipe)
+      os.path.join(out, "train-*"),
+      input_pipeline.PipelineOptions(
+          autoaugment_policy="simple_classification", copy_paste=True,
+          **recipe),
+      is_training=True, seed=0)
   iterator = iter(ds)
   for _ in range(2):  # Warm-up: tracing and the first shuffle buffer.
     next(iterator)

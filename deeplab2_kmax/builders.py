@@ -5,6 +5,7 @@ takes plain Python arguments; these functions translate an
 `ExperimentOptions` into them.
 """
 
+import dataclasses
 from typing import Dict
 from typing import Optional
 
@@ -179,8 +180,8 @@ def build_post_processor(config) -> post_processing.MaskWiseMerging:
   return post_processing.MaskWiseMerging(**post_processor_kwargs(config))
 
 
-def dataset_kwargs(config, training: bool) -> Dict[str, object]:
-  """`input_pipeline.build_dataset` arguments, files and seed aside.
+def dataset_options(config, training: bool) -> input_pipeline.PipelineOptions:
+  """The training or evaluation dataset's `input_pipeline.PipelineOptions`.
 
   Evaluation never augments: scale 1, no colour policy, no copy-paste.
   """
@@ -190,10 +191,9 @@ def dataset_kwargs(config, training: bool) -> Dict[str, object]:
   copy_paste = augment.panoptic_copy_paste
   size = lambda values: tuple(values) if len(values) else None  # pylint: disable=g-long-lambda
   small = options.increase_small_instance_weights
-  return dict(
+  return input_pipeline.PipelineOptions(
       batch_size=options.batch_size,
       crop_size=tuple(options.crop_size),
-      is_training=training,
       min_resize_value=size(options.min_resize_value),
       max_resize_value=size(options.max_resize_value),
       resize_factor=options.resize_factor or None,
@@ -215,14 +215,20 @@ def dataset_kwargs(config, training: bool) -> Dict[str, object]:
       skip_corrupt_records=options.skip_corrupt_records)
 
 
+def dataset_kwargs(config, training: bool) -> Dict[str, object]:
+  """`dataset_options` as a dict of its fields, to compare them by name."""
+  return dataclasses.asdict(dataset_options(config, training))
+
+
 def build_dataset(config, training: bool, seed: Optional[int] = None,
                   batch_size: Optional[int] = None) -> tf.data.Dataset:
   """The training (augmented, repeated) or evaluation dataset."""
   options = (config.train_dataset_options if training
              else config.eval_dataset_options)
-  kwargs = dataset_kwargs(config, training)
+  pipeline_options = dataset_options(config, training)
   if batch_size:
-    kwargs["batch_size"] = batch_size
+    pipeline_options = dataclasses.replace(pipeline_options,
+                                           batch_size=batch_size)
   return input_pipeline.build_dataset(
       dataset_registry.get(options.dataset), list(options.file_pattern),
-      seed=seed, **kwargs)
+      pipeline_options, is_training=training, seed=seed)

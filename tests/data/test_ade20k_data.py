@@ -176,9 +176,10 @@ def test_round_trip_equals_numpy_decoding_of_the_pngs(tmp_path, capfd):
 
   # The evaluation pipeline hands the same maps to the evaluator.
   info = dataset_registry.get("ade20k_panoptic")
-  ds = input_pipeline.build_dataset(info, os.path.join(out_dir, "val-*"),
-                                    batch_size=1, crop_size=(33, 33),
-                                    is_training=False)
+  ds = input_pipeline.build_dataset(
+      info, os.path.join(out_dir, "val-*"),
+      input_pipeline.PipelineOptions(batch_size=1, crop_size=(33, 33)),
+      is_training=False)
   for batch in ds:
     height, width = batch[common.GT_SIZE_RAW][0].numpy()
     name = batch[common.IMAGE_NAME][0].numpy().decode()

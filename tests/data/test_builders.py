@@ -98,8 +98,10 @@ def _make_coco(root):
 
 
 def _eval_maps(info, pattern, crop):
-  ds = input_pipeline.build_dataset(info, pattern, batch_size=1,
-                                    crop_size=crop, is_training=False)
+  ds = input_pipeline.build_dataset(
+      info, pattern,
+      input_pipeline.PipelineOptions(batch_size=1, crop_size=crop),
+      is_training=False)
   out = {}
   for batch in ds:
     h, w = batch[common.GT_SIZE_RAW][0].numpy()
@@ -220,5 +222,6 @@ def test_pipeline_names_an_empty_pattern(tmp_path):
   pattern = str(tmp_path / "nothing-*.tfrecord")
   with pytest.raises(FileNotFoundError, match="nothing-"):
     input_pipeline.build_dataset(
-        dataset_registry.get("coco_panoptic"), pattern, batch_size=1,
-        crop_size=(8, 8), is_training=False)
+        dataset_registry.get("coco_panoptic"), pattern,
+        input_pipeline.PipelineOptions(batch_size=1, crop_size=(8, 8)),
+        is_training=False)

@@ -24,12 +24,14 @@ def data_dir(tmp_path_factory):
 
 
 def _train(data_dir, seed, copy_paste=True, batches=3):
-  ds = input_pipeline.build_dataset(
-      INFO, os.path.join(data_dir, "train-*"), batch_size=4,
-      crop_size=(96, 112), is_training=True, min_scale_factor=0.5,
+  options = input_pipeline.PipelineOptions(
+      batch_size=4, crop_size=(96, 112), min_scale_factor=0.5,
       max_scale_factor=1.5, scale_factor_step=0.25,
       autoaugment_policy="simple_classification", copy_paste=copy_paste,
-      max_thing_id=40, seed=seed)
+      max_thing_id=40)
+  ds = input_pipeline.build_dataset(
+      INFO, os.path.join(data_dir, "train-*"), options, is_training=True,
+      seed=seed)
   return [{k: v.numpy() for k, v in b.items()} for b in ds.take(batches)]
 
 
@@ -83,8 +85,10 @@ def test_copy_paste_adds_mirrored_instances(data_dir, batches):
 
 def test_eval_keeps_raw_panoptic_and_size(data_dir):
   ds = input_pipeline.build_dataset(
-      INFO, os.path.join(data_dir, "val-*"), batch_size=2, crop_size=(136, 136),
-      is_training=False, max_thing_id=16)
+      INFO, os.path.join(data_dir, "val-*"),
+      input_pipeline.PipelineOptions(batch_size=2, crop_size=(136, 136),
+                                     max_thing_id=16),
+      is_training=False)
   names = []
   for batch in ds:
     for i, name in enumerate(batch[common.IMAGE_NAME].numpy()):

@@ -174,8 +174,11 @@ def _eval_images(paths, config, skip):
   options = config.eval_dataset_options
   info = dataset_registry.get(options.dataset)
   ds = input_pipeline.build_dataset(
-      info, paths, batch_size=1, crop_size=options.crop_size,
-      is_training=False, skip_corrupt_records=skip, prefetch=False)
+      info, paths,
+      input_pipeline.PipelineOptions(batch_size=1,
+                                     crop_size=options.crop_size,
+                                     skip_corrupt_records=skip),
+      is_training=False, prefetch=False)
   return [batch["image"].numpy() for batch in ds]
 
 

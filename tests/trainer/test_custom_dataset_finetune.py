@@ -127,8 +127,9 @@ def test_the_builder_describes_the_categories(dataset):
   dataset_info = dataset_registry.get(
       os.path.join(out, "dataset_info.json"))
   ds = input_pipeline.build_dataset(
-      dataset_info, [os.path.join(out, "*.tfrecord")], batch_size=1,
-      crop_size=(_CROP, _CROP), is_training=False)
+      dataset_info, [os.path.join(out, "*.tfrecord")],
+      input_pipeline.PipelineOptions(batch_size=1, crop_size=(_CROP, _CROP)),
+      is_training=False)
   seen = set()
   for batch in ds:
     height, width = batch[common.GT_SIZE_RAW][0].numpy()
