@@ -127,10 +127,7 @@ def loss_kwargs(config, seed: Optional[tf.Tensor] = None
   matching = loss_options.matching_implementation
   if matching == "auto" and config.trainer_options.jit_compile:
     matching = "tensorflow"  # The host matcher cannot run inside XLA.
-  return dict(
-      num_classes=info.num_classes,
-      ignore_label=info.ignore_label,
-      thing_class_ids=info.thing_class_ids,
+  spec = max_deeplab_loss.LossSpec(
       pq_style_loss_weight=weight("pq_style_loss"),
       mask_id_cross_entropy_loss_weight=weight("mask_id_cross_entropy_loss"),
       instance_discrimination_loss_weight=weight(
@@ -145,8 +142,9 @@ def loss_kwargs(config, seed: Optional[tf.Tensor] = None
       mask_id_cross_entropy_top_k_percent=top_k("mask_id_cross_entropy_loss"),
       instance_discrimination_top_k_percent=top_k(
           "instance_discrimination_loss"),
-      matching_implementation=matching,
-      seed=seed)
+      matching_implementation=matching)
+  return dict(num_classes=info.num_classes, ignore_label=info.ignore_label,
+              thing_class_ids=info.thing_class_ids, spec=spec, seed=seed)
 
 
 def build_loss(config, seed: Optional[tf.Tensor] = None

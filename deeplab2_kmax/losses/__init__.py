@@ -1,2 +1,3 @@
-"""kMaX-DeepLab losses: Hungarian matching, PQ-style, mask-id cross-entropy,
-instance discrimination and the auxiliary semantic loss (paper §3.3)."""
+"""kMaX-DeepLab losses (paper §3.3): `loss_terms` (each term of the loss,
+one function each), `matching` (Hungarian matching, registered by name) and
+`max_deeplab_loss` (`LossSpec`, and `MaXDeepLabLoss`, which composes them)."""

@@ -152,7 +152,7 @@ def _model_rows() -> Dict[str, Callable]:
                     "semantic_sample_k", "semantic_sample_temperature")
   rows = {field: lambda e, k=key: e.model[k]
           for field, key in model_arguments.items()}
-  rows.update({f"{md}.{key}": lambda e, k=key: e.loss[k]
+  rows.update({f"{md}.{key}": lambda e, k=key: getattr(e.loss["spec"], k)
                for key in loss_arguments})
   for index in (0, 1):
     rows[f"{low}[{index}].channels_project"] = (
@@ -180,7 +180,8 @@ def _trainer_rows() -> Dict[str, Callable]:
       f"{lo}.pq_style_loss.top_k_percent":
           lambda e: e.config.trainer_options.loss_options.pq_style_loss
           .top_k_percent,
-      f"{lo}.pq_style_loss.weight": lambda e: e.loss["pq_style_loss_weight"],
+      f"{lo}.pq_style_loss.weight":
+          lambda e: e.loss["spec"].pq_style_loss_weight,
       f"{so}.adamw_weight_decay": lambda e: e.optimizer.weight_decay,
       # The rate at the end of warm-up is the base rate (DeepLab2's formula,
       # checked step by step in test_recipes); backbone / rest at any step.
@@ -207,9 +208,10 @@ def _trainer_rows() -> Dict[str, Callable]:
                     ("mask_id_cross_entropy_loss", "mask_id_cross_entropy"),
                     ("instance_discrimination_loss",
                      "instance_discrimination")):
-    rows[f"{lo}.{name}.weight"] = lambda e, k=key: e.loss[f"{k}_loss_weight"]
+    rows[f"{lo}.{name}.weight"] = (
+        lambda e, k=key: getattr(e.loss["spec"], f"{k}_loss_weight"))
     rows[f"{lo}.{name}.top_k_percent"] = (
-        lambda e, k=key: e.loss[f"{k}_top_k_percent"])
+        lambda e, k=key: getattr(e.loss["spec"], f"{k}_top_k_percent"))
   return rows
 
 

@@ -120,9 +120,12 @@ def test_settings_beyond_the_table(stem, column, overrides):
   assert model["transformer_num_blocks"] == (2, 2, 2)
   # Hard-coded in DeepLab2's loss: feature temperature 0.3, focal alpha 0.75.
   loss = max_deeplab_loss.MaXDeepLabLoss(**effective.loss)
-  assert "instance_discrimination_temperature" not in effective.loss
-  assert loss._id_temperature == 0.3  # pylint: disable=protected-access
-  assert loss._alpha == 0.75  # pylint: disable=protected-access
+  defaults = max_deeplab_loss.LossSpec()
+  for name in ("instance_discrimination_temperature", "focal_loss_alpha"):
+    # Not set by the builder: the loss's own default.
+    assert getattr(effective.loss["spec"], name) == getattr(defaults, name)
+  assert loss.spec.instance_discrimination_temperature == 0.3
+  assert loss.spec.focal_loss_alpha == 0.75
   # DeepLab2's AdamW: Keras' legacy Adam defaults.
   for optimizer in (effective.optimizer, effective.backbone_optimizer):
     assert (optimizer.beta_1, optimizer.beta_2, optimizer.epsilon) == (

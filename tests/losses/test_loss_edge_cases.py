@@ -47,8 +47,11 @@ def test_finite_loss_and_gradients(name, sample_k, implementation):
   y_true = _ground_truth(semantic, thing_id, thing_class)
   loss = max_deeplab_loss.MaXDeepLabLoss(
       num_classes=5, ignore_label=0, thing_class_ids=[3, 4],
-      instance_discrimination_sample_k=sample_k, semantic_sample_k=sample_k,
-      matching_implementation=implementation, seed=tf.constant([1, 2]))
+      spec=max_deeplab_loss.LossSpec(
+          instance_discrimination_sample_k=sample_k,
+          semantic_sample_k=sample_k,
+          matching_implementation=implementation),
+      seed=tf.constant([1, 2]))
   rng = np.random.default_rng(0)
   feature = tf.Variable(rng.standard_normal((1, 9, 9, 8)), dtype=tf.float32)
   mask_logits = tf.Variable(rng.standard_normal((1, 9, 9, NUM_SLOTS)),
@@ -81,9 +84,9 @@ def test_finite_loss_and_gradients(name, sample_k, implementation):
 
 
 def test_term_names_match_the_returned_terms():
-  loss = max_deeplab_loss.MaXDeepLabLoss(5, 0, [3, 4],
-                                         instance_discrimination_sample_k=0,
-                                         semantic_sample_k=0)
+  loss = max_deeplab_loss.MaXDeepLabLoss(
+      5, 0, [3, 4], max_deeplab_loss.LossSpec(
+          instance_discrimination_sample_k=0, semantic_sample_k=0))
   semantic, thing_id, thing_class = _cases()["single_pixel_thing"]
   rng = np.random.default_rng(1)
   aux = {

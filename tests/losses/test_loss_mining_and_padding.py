@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab2_kmax import common
+from deeplab2_kmax.losses import loss_terms
 from deeplab2_kmax.losses import max_deeplab_loss
 
 THINGS = [3, 4]
@@ -126,14 +127,15 @@ def _y_true(semantic, thing_id, thing_class, weights=None):
 
 
 def _loss(**kwargs):
-  defaults = dict(num_classes=5, ignore_label=0, thing_class_ids=THINGS,
-                  pq_style_loss_weight=1.0,
+  defaults = dict(pq_style_loss_weight=1.0,
                   mask_id_cross_entropy_loss_weight=1.0,
                   instance_discrimination_loss_weight=1.0,
                   semantic_loss_weight=1.0,
                   instance_discrimination_sample_k=0, semantic_sample_k=0)
   defaults.update(kwargs)
-  return max_deeplab_loss.MaXDeepLabLoss(**defaults)
+  return max_deeplab_loss.MaXDeepLabLoss(
+      num_classes=5, ignore_label=0, thing_class_ids=THINGS,
+      spec=max_deeplab_loss.LossSpec(**defaults))
 
 
 @pytest.mark.parametrize("implementation", ["scipy", "tensorflow"])
@@ -223,8 +225,8 @@ def test_instance_discrimination_mining_on_thing_pixels():
 
 
 def test_top_k_count_rounds_half_to_even_like_deeplab2():
-  assert max_deeplab_loss.top_k_count(0.5, 5) == 2  # 2.5 -> 2.
-  assert max_deeplab_loss.top_k_count(0.5, 7) == 4  # 3.5 -> 4.
-  assert max_deeplab_loss.top_k_count(0.2, 81) == 16
+  assert loss_terms.top_k_count(0.5, 5) == 2  # 2.5 -> 2.
+  assert loss_terms.top_k_count(0.5, 7) == 4  # 3.5 -> 4.
+  assert loss_terms.top_k_count(0.2, 81) == 16
   with pytest.raises(ValueError, match="top_k_percent"):
     _loss(semantic_top_k_percent=0.0)

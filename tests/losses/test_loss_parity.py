@@ -52,10 +52,7 @@ def test_every_term_matches_deeplab2(case, implementation):
       {key: get(f"aux{i}/{key}") for key in _PRED_KEYS}
       for i in range(settings["auxiliary_output_number"])]
   weights = settings["loss_weights"]
-  loss = max_deeplab_loss.MaXDeepLabLoss(
-      num_classes=settings["num_classes"],
-      ignore_label=settings["ignore_label"],
-      thing_class_ids=settings["thing_class_ids"],
+  spec = max_deeplab_loss.LossSpec(
       pq_style_loss_weight=weights["pq_style"],
       mask_id_cross_entropy_loss_weight=weights["mask_id_cross_entropy"],
       instance_discrimination_loss_weight=weights["instance_discrimination"],
@@ -64,6 +61,10 @@ def test_every_term_matches_deeplab2(case, implementation):
           "instance_discrimination_sample_k"],
       semantic_sample_k=settings["semantic_sample_k"],
       matching_implementation=implementation)
+  loss = max_deeplab_loss.MaXDeepLabLoss(
+      num_classes=settings["num_classes"],
+      ignore_label=settings["ignore_label"],
+      thing_class_ids=settings["thing_class_ids"], spec=spec)
   assert loss.num_thing_stuff_classes + 1 == settings[
       "transformer_class_channels"]
   outputs = loss(y_true, y_pred)
