@@ -1,5 +1,10 @@
 """The terms of the MaX-DeepLab / kMaX-DeepLab loss, one function each.
 
+MaX-DeepLab: Wang et al., "End-to-End Panoptic Segmentation with Mask
+Transformers", CVPR 2021 (its PQ-style loss and auxiliary losses, cited
+below by their paragraph names and symbols); CMT-DeepLab: Yu et al., CVPR
+2022 (pixel-wise instance discrimination).
+
 kMaX-DeepLab (§3.3, "Loss functions") trains with MaX-DeepLab's losses: the
 PQ-style loss, the mask-id cross-entropy, the pixel-wise instance
 discrimination loss of CMT-DeepLab and the auxiliary semantic loss; every
@@ -77,7 +82,8 @@ def matching_cost(gt_masks: tf.Tensor, gt_class_one_hot: tf.Tensor,
                   mask_probs: tf.Tensor, class_logits: tf.Tensor,
                   non_void: tf.Tensor
                   ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-  """The Hungarian matching cost, -sim(y_i, y^_j) (MaX-DeepLab §3.1).
+  """The Hungarian matching cost, -sim(y_i, y^_j) (MaX-DeepLab, "Mask
+  similarity metric" and "Mask matching" of its PQ-style loss).
 
   sim(y_i, y^_j) = p^_j(c_i) x Dice(m_i, m^_j): the probability slot j gives
   gt mask i's class, times the dice of the mask with the slot's soft mask
@@ -151,7 +157,7 @@ def pq_style_loss(class_logits: tf.Tensor, mask_logits: tf.Tensor,
                   class_target: tf.Tensor, class_weight: tf.Tensor,
                   mask_weight: tf.Tensor, alpha: float
                   ) -> Tuple[tf.Tensor, tf.Tensor]:
-  """The PQ-style loss, L_PQ = α L_PQ^pos + (1 - α) L_PQ^neg (MaX-DeepLab §3.1).
+  """MaX-DeepLab's PQ-style loss, L_PQ = α L_PQ^pos + (1 - α) L_PQ^neg.
 
   L_PQ^pos = Σ_i p^(c_i) [-Dice(m_i, m^_σ(i))] + Dice [-log p^_σ(i)(c_i)] and
   L_PQ^neg = Σ_{unmatched j} -log p^_j(∅), the weights held constant. Split
@@ -195,7 +201,7 @@ def pq_style_loss(class_logits: tf.Tensor, mask_logits: tf.Tensor,
 def mask_id_cross_entropy(mask_logits: tf.Tensor, permutation: tf.Tensor,
                           gt_masks: tf.Tensor, non_void: tf.Tensor,
                           top_k_percent: float = 1.0) -> tf.Tensor:
-  """The mask-id cross-entropy (MaX-DeepLab §3.3, "Mask-ID cross-entropy").
+  """The mask-id cross-entropy (MaX-DeepLab's auxiliary losses).
 
   Each pixel's softmax over the slots against the slot matched to its gt
   mask, averaged over the hardest `top_k_percent` of the non-void pixels.
@@ -262,7 +268,7 @@ def mask_instance_discrimination_loss(pixel_features: tf.Tensor,
                                       temperature: float,
                                       top_k_percent: float = 1.0
                                       ) -> tf.Tensor:
-  """MaX-DeepLab's instance discrimination (§3.3), the unsampled form.
+  """MaX-DeepLab's instance discrimination (auxiliary losses), unsampled.
 
   t_i is the L2-normalised average feature of gt mask i; each pixel's
   softmax over t_i · g / τ (masks absent from the image excluded) against
@@ -294,7 +300,7 @@ def semantic_loss(semantic_logits: tf.Tensor, labels: tf.Tensor,
                   pixel_weights: tf.Tensor, ignore_label: int,
                   top_k_percent: float = 1.0,
                   pixel_indices: Optional[tf.Tensor] = None) -> tf.Tensor:
-  """The auxiliary semantic loss (MaX-DeepLab §3.3, "Semantic segmentation").
+  """The auxiliary semantic loss (MaX-DeepLab's auxiliary losses).
 
   Per-pixel softmax cross-entropy against the semantic label, times the
   pixel's weight (the input pipeline up-weights small instances), void

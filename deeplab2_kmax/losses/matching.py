@@ -1,18 +1,19 @@
 """Hungarian matching between ground-truth masks and mask slots.
 
-MaX-DeepLab §3.1 ("Mask matching") assigns each ground-truth mask the
+MaX-DeepLab's PQ-style loss ("Mask matching") assigns each ground-truth mask the
 predicted mask slot that maximises the total similarity, one slot per mask;
 kMaX-DeepLab (§4.1, "Training and testing") matches on the final output only.
-The implementations are registered by name in `MATCHING_IMPLEMENTATIONS`,
-which is also the list of names a config may use:
+The implementations are registered by name in `MATCHING_IMPLEMENTATIONS`
+(`matching_registry`), which is also the list of names a config may use:
   * "scipy": `scipy.optimize.linear_sum_assignment` on the host through
     `tf.numpy_function` (fast on CPU/GPU; not usable on TPU or inside XLA);
   * "tensorflow": an in-graph O(n^3) Hungarian algorithm (shortest augmenting
     paths with potentials) in pure TensorFlow, usable under `tf.function`,
     XLA and TPU;
   * "auto": "scipy", or "tensorflow" under a TPU strategy.
-All return the same optimal assignment. Adding one is a function with the
-signature of `scipy_matching` and a line in the registry.
+All return the same optimal assignment. Adding one is a function here with
+the signature of `scipy_matching` and a line in the registry.
+
 Costs are [B, M, N] with M ground-truth rows (padded ones masked out by
 `valid_rows`) and N slots; both return a 0/1 matrix [B, M, N] with at most
 one 1 per row and column, matching every valid row when M_valid <= N.
@@ -24,16 +25,13 @@ a TensorFlow error whose message holds `NON_FINITE_COST`; the trainer turns
 it back into `NonFiniteLossError` (`KMaXTrainer.train`).
 """
 
-from typing import Callable
-from typing import Dict
-
 import numpy as np
 from scipy import optimize
 import tensorflow as tf
 
+from deeplab2_kmax.losses.matching_registry import MATCHING_IMPLEMENTATIONS
 from deeplab2_kmax.trainer import checkpoint_guard
 
-_PAD_COST = 1e6
 # In the matcher's error message, so the host can recognise it in a TF error.
 NON_FINITE_COST = "non-finite Hungarian matching cost"
 
@@ -170,20 +168,11 @@ def auto_matching(cost: tf.Tensor, valid_rows: tf.Tensor) -> tf.Tensor:
   return scipy_matching(cost, valid_rows)
 
 
-# Name -> function(cost [B, M, N], valid_rows [B, M]) -> permutation [B, M, N].
-MATCHING_IMPLEMENTATIONS: Dict[str, Callable[[tf.Tensor, tf.Tensor],
-                                             tf.Tensor]] = {
-    "auto": auto_matching,
-    "scipy": scipy_matching,
-    "tensorflow": tensorflow_matching,
-}
-
-
 def match(cost: tf.Tensor, valid_rows: tf.Tensor,
           implementation: str = "auto") -> tf.Tensor:
-  """Runs the registered matching `implementation` on `cost`."""
+  """Runs the matching function registered as `implementation`."""
   if implementation not in MATCHING_IMPLEMENTATIONS:
     raise ValueError(f"matching_implementation must be one of "
                      f"{tuple(MATCHING_IMPLEMENTATIONS)}, got "
                      f"{implementation!r}.")
-  return MATCHING_IMPLEMENTATIONS[implementation](cost, valid_rows)
+  return globals()[MATCHING_IMPLEMENTATIONS[implementation]](cost, valid_rows)

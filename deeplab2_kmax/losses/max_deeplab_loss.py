@@ -37,10 +37,11 @@ PER_OUTPUT_TERMS = (PQ_CLASS, PQ_DICE, MASK_ID_CE, INSTANCE_DISCRIMINATION)
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-  """Every hyperparameter of the loss, with its default (the papers').
+  """Every hyperparameter of the loss, each default written once, here.
 
-  Weights are those of kMaX-DeepLab §4.1 (COCO and Cityscapes); the PQ-style
-  weight applies to both of its terms. A sample_k of 0 uses every pixel
+  The defaults are kMaX-DeepLab's: the loss weights of §4.1 (COCO and
+  Cityscapes; the PQ-style weight applies to both of its terms), α, τ and the
+  sampling of DeepLab2's kMaX configs. A sample_k of 0 uses every pixel
   (for instance discrimination: MaX-DeepLab's mask-average form). A
   top_k_percent below 1 averages only that fraction of the hardest pixel
   losses (DeepLab2's hard-pixel mining).
@@ -104,7 +105,7 @@ class LossSpec:
 
 
 class GroundTruthMasks(NamedTuple):
-  """An image's gt masks at the predictions' resolution (P pixels, M masks)."""
+  """The gt masks at the predictions' resolution (P pixels, M masks)."""
   masks: tf.Tensor  # [B, P, M] 0/1; void pixels in none.
   valid: tf.Tensor  # [B, M] bool, the mask has pixels.
   class_one_hot: tf.Tensor  # [B, M, C] in class-logit order; 0 if absent.

@@ -1,9 +1,9 @@
 """Each loss term of `loss_terms` against a small NumPy reference.
 
 The references are written, in float64 and pixel by pixel, from the
-definitions: MaX-DeepLab §3.1 (similarity p^_j(c_i) x Dice(m_i, m^_j), the
-PQ-style loss α L_PQ^pos + (1 - α) L_PQ^neg) and §3.3 (mask-id
-cross-entropy, instance discrimination, semantic loss), CMT-DeepLab's
+definitions: MaX-DeepLab's PQ-style loss (similarity p^_j(c_i) x
+Dice(m_i, m^_j), α L_PQ^pos + (1 - α) L_PQ^neg) and auxiliary losses
+(mask-id cross-entropy, instance discrimination, semantic), CMT-DeepLab's
 pixel-wise instance discrimination, kMaX-DeepLab §4.1 (deep supervision),
 and DeepLab2's constants (1e-5 floors, +1 dice smoothing, -99999 padding
 slots, hard-pixel mining over the non-zero kept losses).

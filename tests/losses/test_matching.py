@@ -1,6 +1,8 @@
-"""Both Hungarian implementations find SciPy's optimum (SPEC §3)."""
+"""Both Hungarian implementations find SciPy's optimum; the registry."""
 
 import itertools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -111,3 +113,15 @@ def test_xla_matching_takes_the_cost_as_a_runtime_argument():
     expected = matching.scipy_matching(cost, valid).numpy()
     np.testing.assert_allclose((result * cost).sum(), (expected * cost).sum(),
                                rtol=1e-5)
+
+
+def test_registry_names_the_implementations_without_tensorflow():
+  """The registry is the list a config may use, readable without TF."""
+  assert tuple(matching.MATCHING_IMPLEMENTATIONS) == ("auto", "scipy",
+                                                      "tensorflow")
+  for function in matching.MATCHING_IMPLEMENTATIONS.values():
+    assert callable(getattr(matching, function))
+  check = ("import sys; from deeplab2_kmax.losses import matching_registry; "
+           "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; "
+           "assert 'scipy' not in sys.modules, 'scipy imported'")
+  subprocess.run([sys.executable, "-c", check], check=True)
