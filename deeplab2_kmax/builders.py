@@ -11,17 +11,13 @@ from typing import Optional
 
 import tensorflow as tf
 
-from deeplab2_kmax import config_loader
+from deeplab2_kmax import model_options
 from deeplab2_kmax.data import dataset_registry
 from deeplab2_kmax.data import input_pipeline
 from deeplab2_kmax.losses import max_deeplab_loss
 from deeplab2_kmax.model import kmax_deeplab
+from deeplab2_kmax.model import kmax_deeplab_spec
 from deeplab2_kmax.post_processing import max_deeplab as post_processing
-
-# DeepLab2's kMaX encoders expose the os32 output before its final activation
-# under the name the configs use ("res5"); ours calls it "stage5" (the
-# parity fixture's semantic logits pin this down).
-_SEMANTIC_ENDPOINTS = {"res5": "stage5"}
 
 
 def dataset_info(config) -> dataset_registry.DatasetInfo:
@@ -38,60 +34,18 @@ def class_ids(info: dataset_registry.DatasetInfo):
   return things, ordered[len(things):]
 
 
-def model_kwargs(config) -> Dict[str, object]:
-  """The `KMaXDeepLab` constructor arguments for `config`."""
+def model_spec(config) -> kmax_deeplab_spec.KMaXDeepLabSpec:
+  """The `KMaXDeepLab` spec of `config` (`model_options.model_spec_of`)."""
   info = dataset_info(config)
-  model = config.model_options
-  kmax = model.max_deeplab
   things, stuff = class_ids(info)
-  transformer = kmax.transformer_decoder
-  num_slots = transformer.num_mask_slots
-  low_level = list(kmax.auxiliary_low_level)
-  solver = config.trainer_options.solver_options
-  kwargs = dict(
-      num_classes=len(things) + len(stuff),
-      semantic_num_classes=(kmax.auxiliary_semantic_head.output_channels or
-                            info.num_classes),
-      backbone=config_loader.canonical_backbone_name(model.backbone.name),
-      backbone_drop_path_keep_prob=model.backbone.drop_path_keep_prob,
-      backbone_drop_path_schedule=model.backbone.drop_path_schedule,
-      backbone_width_multiplier=model.backbone.backbone_width_multiplier,
-      backbone_blocks_per_stage=list(model.backbone.blocks_per_stage) or None,
-      high_resolution_output_stride=(
-          kmax.pixel_decoder.high_resolution_output_stride),
-      pixel_decoder_num_blocks=list(kmax.pixel_decoder.num_blocks) or None,
-      pixel_decoder_width_multiplier=kmax.pixel_decoder.width_multiplier,
-      num_mask_slots=num_slots,
-      transformer_num_blocks=tuple(transformer.num_blocks) or (2, 2, 2),
-      transformer_channels=transformer.channels,
-      transformer_ffn_channels=transformer.ffn_channels,
-      transformer_num_heads=transformer.num_heads,
-      cross_attention=transformer.cross_attention,
-      transformer_drop_path_keep_prob=transformer.drop_path_keep_prob,
-      drop_query_keep_number=num_slots // 2 if transformer.use_drop_query
-      else 0,
-      pixel_head_channels=kmax.pixel_space_head.head_channels or 256,
-      pixel_output_channels=kmax.pixel_space_head.output_channels or 128,
-      mask_logits_gamma_init=kmax.mask_logits_batch_norm_gamma_init,
-      use_semantic_branch=config.trainer_options.loss_options.HasField(
-          "semantic_loss"),
-      use_semantic_decoder=kmax.use_auxiliary_semantic_decoder,
-      semantic_head_channels=kmax.auxiliary_semantic_head.head_channels or 256,
-      semantic_feature_key=_SEMANTIC_ENDPOINTS.get(model.decoder.feature_key,
-                                                   model.decoder.feature_key),
-      semantic_low_level_keys=tuple(x.feature_key for x in low_level) or
-      ("res3", "res2"),
-      semantic_low_level_channels=tuple(x.channels_project for x in low_level)
-      or (64, 32),
-      aspp_channels=model.decoder.aspp_channels,
-      semantic_decoder_channels=model.decoder.decoder_channels,
-      atrous_rates=tuple(model.decoder.atrous_rates) or (6, 12, 18),
-      use_sync_batch_norm=solver.use_sync_batchnorm,
-      batch_norm_momentum=solver.batchnorm_momentum,
-      batch_norm_epsilon=solver.batchnorm_epsilon,
-      recompute=config.trainer_options.recompute,
-  )
-  return kwargs
+  return model_options.model_spec_of(config, len(things) + len(stuff),
+                                     info.num_classes)
+
+
+def model_kwargs(config) -> Dict[str, object]:
+  """`model_spec` as `KMaXDeepLab`'s flat keywords (to read or change some
+  by name: `KMaXDeepLab(**model_kwargs(config))` builds the same model)."""
+  return kmax_deeplab_spec.to_flat(model_spec(config))
 
 
 def build_model(config, crop_size=None) -> kmax_deeplab.KMaXDeepLab:
@@ -100,7 +54,7 @@ def build_model(config, crop_size=None) -> kmax_deeplab.KMaXDeepLab:
   The variables are created by tracing one inference call at that size
   (no forward pass is run), so even the official crops build in seconds.
   """
-  model = kmax_deeplab.KMaXDeepLab(**model_kwargs(config))
+  model = kmax_deeplab.KMaXDeepLab(model_spec(config))
   if crop_size is not None:
     height, width = (int(v) for v in crop_size)
     trace = tf.function(lambda images: model(images, training=False,

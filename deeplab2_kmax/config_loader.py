@@ -23,22 +23,18 @@ from typing import Sequence
 from google.protobuf import text_format
 
 from deeplab2_kmax import config_text
+from deeplab2_kmax import model_options
 from deeplab2_kmax.data import dataset_registry
-from deeplab2_kmax.model.transformer_decoder import head_split
+from deeplab2_kmax.model.pixel_encoders import spec as encoder_spec
 from deeplab2_kmax.protos import config_pb2
 
-BACKBONES = ("resnet50", "axial_resnet50", "convnext_tiny", "convnext_small",
-             "convnext_base", "convnext_large")
-CROSS_ATTENTIONS = ("kmeans", "softmax")
 # What the trainer implements (trainer/optimization.py).
 OPTIMIZERS = ("adamw",)
 LEARNING_POLICIES = ("poly",)
 MIXED_PRECISION = ("float32", "mixed_bfloat16", "mixed_float16")
 MATCHING = ("auto", "scipy", "tensorflow")
-RECOMPUTE = ("none", "blocks")
 METRICS = ("panoptic_quality", "coco_ap", "mean_iou")
 COPY_PASTE_OPTIONS = ("all", "random", "none")
-DROP_PATH_SCHEDULES = ("linear", "constant")
 RAW_PANOPTIC_FORMATS = ("two_channel_png", "three_channel_png",
                         "two_channel_numpy_array")
 # Datasets whose raw predictions can hold evaluation ids.
@@ -51,9 +47,7 @@ substitute_placeholders = config_text.substitute_placeholders
 unresolved_placeholders = config_text.unresolved_placeholders
 
 
-def canonical_backbone_name(name: str) -> str:
-  """Maps DeepLab2's 'kmax_resnet50' style names onto ours."""
-  return name[len("kmax_"):] if name.startswith("kmax_") else name
+canonical_backbone_name = encoder_spec.canonical_name
 
 
 def parse_config(text: str, path: str = "<string>") -> config_pb2.ExperimentOptions:
@@ -209,70 +203,11 @@ def _check_losses(c: _Checker, loss_options):
               "leave it empty")
 
 
-def _check_model(c: _Checker, model, info):
-  c.one_of(canonical_backbone_name(model.backbone.name), BACKBONES,
-           "model_options.backbone.name")
-  c.require(0.0 < model.backbone.drop_path_keep_prob <= 1.0,
-            "model_options.backbone.drop_path_keep_prob",
-            f"{model.backbone.drop_path_keep_prob} is not in (0, 1]")
-  c.one_of(model.backbone.drop_path_schedule, DROP_PATH_SCHEDULES,
-           "model_options.backbone.drop_path_schedule")
-  c.positive(model.backbone.backbone_width_multiplier,
-             "model_options.backbone.backbone_width_multiplier")
-  for n in model.backbone.blocks_per_stage:
-    c.positive(n, "model_options.backbone.blocks_per_stage")
-  max_deeplab = model.max_deeplab
-  td = max_deeplab.transformer_decoder
-  c.require(td.num_mask_slots >= 1,
-            "model_options.max_deeplab.transformer_decoder.num_mask_slots",
-            f"{td.num_mask_slots} must be >= 1")
-  c.one_of(td.cross_attention, CROSS_ATTENTIONS,
-           "model_options.max_deeplab.transformer_decoder.cross_attention")
-  c.require(0.0 < td.drop_path_keep_prob <= 1.0,
-            "model_options.max_deeplab.transformer_decoder.drop_path_keep_prob",
-            f"{td.drop_path_keep_prob} is not in (0, 1]")
-  if td.num_blocks:
-    c.require(len(td.num_blocks) == 3,
-              "model_options.max_deeplab.transformer_decoder.num_blocks",
-              f"needs 3 values (os32, os16, os8), got {list(td.num_blocks)}")
-  if td.use_drop_query:
-    c.require(td.num_mask_slots >= 2 and td.num_mask_slots % 2 == 0,
-              "model_options.max_deeplab.transformer_decoder.use_drop_query",
-              f"needs an even num_mask_slots >= 2, got {td.num_mask_slots}")
-  for name in ("channels", "ffn_channels", "num_heads"):
-    c.positive(getattr(td, name),
-               f"model_options.max_deeplab.transformer_decoder.{name}")
-  if td.num_heads > 0:
-    try:
-      head_split.attention_channels(td.channels, td.num_heads)
-    except ValueError as e:
-      c.require(False, "model_options.max_deeplab.transformer_decoder."
-                "num_heads", str(e))
-  pd = max_deeplab.pixel_decoder
-  c.one_of(pd.high_resolution_output_stride, (2, 4),
-           "model_options.max_deeplab.pixel_decoder."
-           "high_resolution_output_stride")
-  if pd.num_blocks:
-    expected = 5 if pd.high_resolution_output_stride == 2 else 4
-    c.require(len(pd.num_blocks) == expected,
-              "model_options.max_deeplab.pixel_decoder.num_blocks",
-              f"needs {expected} values for output stride "
-              f"{pd.high_resolution_output_stride}, got {list(pd.num_blocks)}")
-  c.positive(pd.width_multiplier,
-             "model_options.max_deeplab.pixel_decoder.width_multiplier")
-  for name in ("instance_discrimination_sample_k", "semantic_sample_k"):
-    c.require(getattr(max_deeplab, name) >= 0, f"model_options.max_deeplab.{name}",
-              f"{getattr(max_deeplab, name)} must be >= 0 (0: no sampling)")
-  c.positive(max_deeplab.mask_logits_batch_norm_gamma_init,
-             "model_options.max_deeplab.mask_logits_batch_norm_gamma_init")
-  if info is not None and max_deeplab.auxiliary_semantic_head.HasField(
-      "output_channels"):
-    c.require(max_deeplab.auxiliary_semantic_head.output_channels ==
-              info.num_classes,
-              "model_options.max_deeplab.auxiliary_semantic_head."
-              "output_channels",
-              f"{max_deeplab.auxiliary_semantic_head.output_channels} differs "
-              f"from {info.name}'s {info.num_classes} classes")
+def _check_model(c: _Checker, config, info):
+  """The model's fields, by the checks of the specs the model is built from
+  (`model_options`), and the trainer's batch-norm and recompute fields."""
+  c.problems.extend(model_options.check(
+      config, info.num_classes if info is not None else None))
 
 
 def _check_trainer(c: _Checker, trainer, batch_size: int):
@@ -296,10 +231,6 @@ def _check_trainer(c: _Checker, trainer, batch_size: int):
   c.require(solver.adamw_weight_decay >= 0,
             "trainer_options.solver_options.adamw_weight_decay",
             f"{solver.adamw_weight_decay} must be >= 0")
-  c.unit_interval(solver.batchnorm_momentum,
-                  "trainer_options.solver_options.batchnorm_momentum")
-  c.positive(solver.batchnorm_epsilon,
-             "trainer_options.solver_options.batchnorm_epsilon")
   c.require(solver.backbone_learning_rate_multiplier >= 0,
             "trainer_options.solver_options.backbone_learning_rate_multiplier",
             f"{solver.backbone_learning_rate_multiplier} must be >= 0")
@@ -322,7 +253,6 @@ def _check_trainer(c: _Checker, trainer, batch_size: int):
             "at the first non-finite step)")
   c.one_of(trainer.mixed_precision, MIXED_PRECISION,
            "trainer_options.mixed_precision")
-  c.one_of(trainer.recompute, RECOMPUTE, "trainer_options.recompute")
   c.one_of(trainer.loss_options.matching_implementation, MATCHING,
            "trainer_options.loss_options.matching_implementation")
   _check_losses(c, trainer.loss_options)
@@ -384,7 +314,7 @@ def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
               f"{train_info.name!r}")
   info = train_info or eval_info
 
-  _check_model(c, config.model_options, info)
+  _check_model(c, config, info)
   _check_trainer(c, config.trainer_options,
                  config.train_dataset_options.batch_size)
   _check_evaluator(c, config.evaluator_options)

@@ -13,7 +13,10 @@ reads are validation, not use) and collects the field reads it can see:
   repeated fields, and `self.x = ...` within a class; a variable named like a
   message field (`loss_options`, `solver_options`), or listed in `HINTS`,
   has that field's type;
-* untyped reads: `.field` on anything else, or the string "field" anywhere.
+* untyped reads: `.field` on anything else, or the string "field" anywhere;
+* path reads: the textproto paths `model_options.FIELD_PATHS` reads the
+  model's fields from (each resolved through the descriptors, so a wrong
+  path fails the scan), counted as typed reads.
 
 `is_read` takes a typed read as proof. An untyped read is enough only for a
 field whose name no other walked message uses; a field sharing its name
@@ -229,6 +232,25 @@ def scan(repo: pathlib.Path, fields: Optional[Dict[Field, object]] = None
   for path in library_files(repo):
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     _Scanner(messages, reads, names).visit(tree)
+  reads.typed |= path_reads()
+  return reads
+
+
+def path_reads() -> Set[Field]:
+  """The fields on the paths `model_options` reads the model's specs from.
+
+  Raises:
+    KeyError: a path names no field.
+  """
+  from deeplab2_kmax import model_options  # pylint: disable=g-import-not-at-top
+  reads = set()
+  for paths in model_options.FIELD_PATHS.values():
+    for path in paths.values():
+      descriptor = config_pb2.ExperimentOptions.DESCRIPTOR
+      for name in path.lstrip("*").split("."):
+        field = descriptor.fields_by_name[name]
+        reads.add((descriptor.name, name))
+        descriptor = field.message_type
   return reads
 
 

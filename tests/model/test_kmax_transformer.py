@@ -74,7 +74,7 @@ def test_no_gradient_through_the_argmax():
 
 
 def test_training_returns_one_auxiliary_output_per_layer():
-  model = kmax_deeplab.KMaXDeepLab(5, transformer_num_blocks=(2, 2, 2), **TINY)
+  model = kmax_deeplab.KMaXDeepLab(num_classes=5, transformer_num_blocks=(2, 2, 2), **TINY)
   outputs = model(tf.random.uniform([2, 64, 64, 3], 0, 255), training=True)
   assert len(outputs[common.PRED_AUXILIARY_OUTPUTS]) == 6
   for aux in outputs[common.PRED_AUXILIARY_OUTPUTS]:
@@ -89,7 +89,7 @@ def test_training_returns_one_auxiliary_output_per_layer():
 
 @pytest.mark.parametrize("size", [(65, 97), (64, 96), (33, 33)])
 def test_odd_and_even_sizes(size):
-  model = kmax_deeplab.KMaXDeepLab(5, transformer_num_blocks=(1, 1, 1), **TINY)
+  model = kmax_deeplab.KMaXDeepLab(num_classes=5, transformer_num_blocks=(1, 1, 1), **TINY)
   outputs = model(tf.random.uniform([1, *size, 3], 0, 255), training=False)
   height, width = ((s - 1) // 4 + 1 for s in size)
   assert outputs[common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY].shape == (
@@ -97,7 +97,7 @@ def test_odd_and_even_sizes(size):
 
 
 def test_drop_query_keeps_half_in_training_all_at_inference():
-  model = kmax_deeplab.KMaXDeepLab(5, transformer_num_blocks=(1, 1, 1),
+  model = kmax_deeplab.KMaXDeepLab(num_classes=5, transformer_num_blocks=(1, 1, 1),
                                    drop_query_keep_number=4, **TINY)
   images = tf.random.uniform([2, 64, 64, 3], 0, 255)
   training = model(images, training=True)
@@ -107,7 +107,7 @@ def test_drop_query_keeps_half_in_training_all_at_inference():
 
 
 def test_softmax_baseline_runs_and_trains():
-  model = kmax_deeplab.KMaXDeepLab(5, transformer_num_blocks=(1, 1, 1),
+  model = kmax_deeplab.KMaXDeepLab(num_classes=5, transformer_num_blocks=(1, 1, 1),
                                    cross_attention="softmax", **TINY)
   images = tf.random.uniform([1, 64, 64, 3], 0, 255)
   with tf.GradientTape() as tape:
@@ -130,10 +130,46 @@ def test_void_prior_gives_void_probability_0_9():
 
 @pytest.mark.parametrize("gamma", [0.1, 1.0])
 def test_mask_logit_gamma_init_reaches_every_head(gamma):
-  model = kmax_deeplab.KMaXDeepLab(5, transformer_num_blocks=(1, 1, 1),
+  model = kmax_deeplab.KMaXDeepLab(num_classes=5, transformer_num_blocks=(1, 1, 1),
                                    mask_logits_gamma_init=gamma, **TINY)
   model(tf.zeros([1, 33, 33, 3]), training=False, return_semantic=True)
   gammas = [v.numpy() for k, v in model.deeplab2_variable_map().items()
             if k.endswith("pixel_space_mask_batch_norm/gamma")]
   assert len(gammas) == 1 + model.num_kmax_layers
   np.testing.assert_allclose(np.concatenate(gammas), gamma)
+
+
+def test_the_layer_returns_the_assignment_it_used():
+  layer = kmax.KMaXLayer(num_classes=3, channels=8, ffn_channels=16,
+                         num_heads=2, pixel_head_channels=8,
+                         pixel_output_channels=8)
+  pixels = tf.random.normal([2, 3, 4, 6])
+  centers = tf.random.normal([2, 5, 8])
+  _, aux = layer(pixels, centers, training=False)
+  assignment = aux[kmax.ASSIGNMENT_KEY]
+  assert assignment.dtype == tf.int32 and assignment.shape == (2, 3, 4)
+  np.testing.assert_array_equal(
+      assignment,
+      aux[common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY].numpy().argmax(-1))
+
+
+def test_resized_assignment_keeps_each_layer_pixel():
+  """At inference each layer's assignment is resized (nearest, aligned
+  corners) to the final resolution: the pixels that sit on the layer's own
+  grid keep the layer's assignment, which there is also the argmax of the
+  bilinearly resized logits."""
+  model = kmax_deeplab.KMaXDeepLab(num_classes=5,
+                                   transformer_num_blocks=(1, 1, 1), **TINY)
+  images = tf.random.uniform([1, 65, 65, 3], 0, 255)
+  outputs = model(images, training=False, return_auxiliary=True)
+  decoded = model.pixel_decoder(model.encoder(images / 127.5 - 1.0))
+  own = model.transformer_decoder(decoded)[common.PRED_AUXILIARY_OUTPUTS]
+  for layer_aux, aux, step in zip(own, outputs[common.PRED_AUXILIARY_OUTPUTS],
+                                  (8, 4, 2)):
+    resized = aux[kmax_deeplab.ASSIGNMENT_KEY].numpy()
+    assert resized.shape == (1, 17, 17)
+    np.testing.assert_array_equal(resized[:, ::step, ::step],
+                                  layer_aux[kmax.ASSIGNMENT_KEY])
+    logits = aux[common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY].numpy()
+    np.testing.assert_array_equal(resized[:, ::step, ::step],
+                                  logits[:, ::step, ::step].argmax(-1))

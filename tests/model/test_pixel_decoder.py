@@ -88,9 +88,9 @@ def test_decoder_wiring_matches_numpy():
 def test_decoder_errors_name_the_argument():
   with pytest.raises(ValueError, match="high_resolution_output_stride"):
     kmax.KMaXPixelDecoder(high_resolution_output_stride=8)
-  with pytest.raises(ValueError, match="block type"):
+  with pytest.raises(ValueError, match="block_types: 'conv' is not one of"):
     kmax.KMaXPixelDecoder(block_types=["axial", "conv", "axial", "axial"])
-  with pytest.raises(ValueError, match="entries"):
+  with pytest.raises(ValueError, match="filters: needs 4 values"):
     kmax.KMaXPixelDecoder(filters=[8, 4])
   decoder = kmax.KMaXPixelDecoder(high_resolution_output_stride=2,
                                   width_multiplier=0.125)

@@ -1,4 +1,4 @@
-"""The MaX-DeepLab prediction head (SPEC §2.4; MaX-DeepLab §3, kMaX Fig. 2).
+"""The MaX-DeepLab prediction head (MaX-DeepLab §3, kMaX-DeepLab Fig. 2).
 
 Pixels and cluster centres meet here:
   F = L2-normalise(BN(pixel_space_head(pixels)))            [B, H, W, D]
@@ -12,11 +12,14 @@ clustering predictor whose argmax is the k-means assignment (paper Eq. 5).
 import math
 from typing import Callable
 from typing import Dict
+from typing import Optional
 
 import tensorflow as tf
 import tf_keras
 
 from deeplab2_kmax import common
+from deeplab2_kmax.model import spec_checks
+from deeplab2_kmax.model.heads import spec as head_spec
 from deeplab2_kmax.model.layers import checkpoint_keys
 from deeplab2_kmax.model.layers import convolutions
 
@@ -82,40 +85,41 @@ class MaXDeepLabHead(tf_keras.layers.Layer):
 
   def __init__(self,
                num_classes: int,
-               pixel_head_channels: int = 256,
-               pixel_output_channels: int = 128,
+               spec: Optional[head_spec.HeadSpec] = None,
+               *,
                activation: str = "gelu",
                bn_layer: Callable[..., tf_keras.layers.Layer] = (
                    tf_keras.layers.BatchNormalization),
-               mask_logits_gamma_init: float = 0.1,
-               name: str = "max_deeplab_head"):
+               name: str = "max_deeplab_head",
+               **fields):
     """Initialises the head.
 
     Args:
       num_classes: Non-void classes; the class head predicts num_classes + 1
         (void last).
-      pixel_head_channels: Channels of the pixel-space head's 5x5 conv.
-      pixel_output_channels: D, the pixel / mask-kernel embedding size.
+      spec: The head's hyperparameters (`HeadSpec`); `fields` replace some
+        of them (or give them all, without `spec`).
       activation: Activation of the pixel-space head.
       bn_layer: Batch-norm class.
-      mask_logits_gamma_init: Initial gamma of the mask-logit batch norm.
       name: Layer name.
+      **fields: `HeadSpec` fields.
     """
     super().__init__(name=name)
+    spec = spec_checks.resolve(head_spec.HeadSpec, spec, fields)
     self._num_classes_with_void = num_classes + 1
     self.pixel_space_head = PixelSpaceHead(
-        pixel_head_channels, pixel_output_channels, "pixel_space_head",
-        activation=activation, bn_layer=bn_layer)
+        spec.pixel_head_channels, spec.pixel_output_channels,
+        "pixel_space_head", activation=activation, bn_layer=bn_layer)
     self.pixel_space_feature_batch_norm = bn_layer(
         axis=-1, name="pixel_space_feature_batch_norm")
-    # One gamma/beta shared by every mask slot; DeepLab2's gamma 0.1 starts
-    # the mask logits at a low temperature.
+    # One gamma/beta shared by every mask slot; its initial gamma sets the
+    # mask logits' starting temperature.
     self.pixel_space_mask_batch_norm = bn_layer(
         axis=-1, name="pixel_space_mask_batch_norm",
         gamma_initializer=tf_keras.initializers.Constant(
-            mask_logits_gamma_init))
+            spec.mask_logits_gamma_init))
     self.transformer_mask_head = convolutions.Conv1DBN(
-        pixel_output_channels, "transformer_mask_head", bn_layer=bn_layer,
+        spec.pixel_output_channels, "transformer_mask_head", bn_layer=bn_layer,
         activation=None)
     self.transformer_class_head = tf_keras.layers.Conv1D(
         self._num_classes_with_void, 1, name="transformer_class_head",

@@ -1,4 +1,4 @@
-"""The auxiliary semantic branch (training only; SPEC §2.4).
+"""The auxiliary semantic branch (training only; its loss: kMaX-DeepLab §4).
 
 COCO: a Panoptic-DeepLab style decoder on the backbone's os32 feature (ASPP
 with three atrous rates and image pooling, then two fusions with projected
@@ -8,13 +8,13 @@ semantic head. Cityscapes: the semantic head alone, on the os32 feature.
 
 from typing import Callable
 from typing import Dict
-from typing import Optional
 from typing import Sequence
 
 import tensorflow as tf
 import tf_keras
 
 from deeplab2_kmax.model.heads import max_deeplab
+from deeplab2_kmax.model.heads import spec as head_spec
 from deeplab2_kmax.model.layers import checkpoint_keys
 from deeplab2_kmax.model.layers import convolutions
 from deeplab2_kmax.model.layers import resized_fuse
@@ -69,22 +69,18 @@ class SemanticDecoder(tf_keras.layers.Layer):
   """ASPP on the high-level feature, then fusions with low-level features."""
 
   def __init__(self,
-               high_level_feature_key: str = "res5",
-               low_level_feature_keys: Sequence[str] = ("res3", "res2"),
-               low_level_channels: Sequence[int] = (64, 32),
-               aspp_channels: int = 256,
-               decoder_channels: int = 256,
-               atrous_rates: Sequence[int] = (6, 12, 18),
+               spec: head_spec.SemanticBranchSpec,
+               *,
                activation: str = "gelu",
                bn_layer: Callable[..., tf_keras.layers.Layer] = (
                    tf_keras.layers.BatchNormalization),
                name: str = "semantic_decoder"):
     super().__init__(name=name)
-    if len(low_level_feature_keys) != len(low_level_channels):
-      raise ValueError(f"{name}: {len(low_level_feature_keys)} low-level "
-                       f"features but {len(low_level_channels)} projections.")
-    self._high_level_key = high_level_feature_key
-    self._low_level_keys = tuple(low_level_feature_keys)
+    self._high_level_key = spec.feature_key
+    self._low_level_keys = spec.low_level_keys
+    aspp_channels, atrous_rates = spec.aspp_channels, spec.atrous_rates
+    low_level_channels = spec.low_level_channels
+    decoder_channels = spec.decoder_channels
     self._aspp = ASPP(aspp_channels, atrous_rates, "aspp",
                       activation=activation, bn_layer=bn_layer)
     self._low_level_convs = [
@@ -120,19 +116,32 @@ class SemanticDecoder(tf_keras.layers.Layer):
 class SemanticBranch(tf_keras.layers.Layer):
   """Optional decoder + semantic head; returns [B, h, w, num_classes] logits."""
 
-  def __init__(self, num_classes: int, head_channels: int = 256,
-               decoder: Optional[SemanticDecoder] = None,
-               feature_key: str = "stage5",
+  def __init__(self,
+               spec: head_spec.SemanticBranchSpec,
+               num_classes: int,
+               *,
                activation: str = "gelu",
                bn_layer: Callable[..., tf_keras.layers.Layer] = (
                    tf_keras.layers.BatchNormalization),
                name: str = "semantic_branch"):
+    """Initialises the branch.
+
+    Args:
+      spec: The branch's hyperparameters.
+      num_classes: Semantic-head outputs when `spec.num_classes` is None.
+      activation: Activation function name.
+      bn_layer: Batch-norm class.
+      name: Layer name.
+    """
     super().__init__(name=name)
-    self.decoder = decoder
-    self._feature_key = feature_key
+    self.decoder = None
+    if spec.use_decoder:
+      self.decoder = SemanticDecoder(spec, activation=activation,
+                                     bn_layer=bn_layer)
+    self._feature_key = spec.feature_key
     self.head = max_deeplab.PixelSpaceHead(
-        head_channels, num_classes, "semantic_head", activation=activation,
-        bn_layer=bn_layer)
+        spec.head_channels, spec.num_classes or num_classes, "semantic_head",
+        activation=activation, bn_layer=bn_layer)
 
   def call(self, features: Dict[str, tf.Tensor], training=False):
     if self.decoder is not None:

@@ -8,7 +8,7 @@ one axis, for query position o and memory position p,
         (v_p + r^v_{p-o}),
 
 with learned relative positional encodings r^q, r^k, r^v shared by all heads
-of a layer. As in MaX-DeepLab and kMaX-DeepLab (SPEC §2.2) batch norm is
+of a layer. As in MaX-DeepLab and kMaX-DeepLab batch norm is
 applied to q/k/v, separately to each of the three similarity terms and to each
 of the two retrieved terms before they are summed. Each encoding table has a
 fixed 2·255−1 = 509 rows (one per relative distance), so checkpoint shapes do

@@ -4,7 +4,7 @@ Bottleneck block: He et al., "Deep Residual Learning", CVPR 2016 (v1.5: the
 stride sits in the 3x3 conv). Axial block: Axial-DeepLab (ECCV 2020) §3.2,
 the bottleneck whose 3x3 conv is replaced by height-axis then width-axis
 attention; kMaX-DeepLab uses it in the MaX-S backbone and in the enhanced
-pixel decoder (kMaX-DeepLab §3.3, SPEC §2.1-2.2).
+pixel decoder (kMaX-DeepLab §3.3).
 
 Following DeepLab2, a block takes the NON-activated output of the previous
 block, activates it, and returns the non-activated residual sum. The last
@@ -30,7 +30,7 @@ class BottleneckBlock(tf_keras.layers.Layer):
   """1x1 reduce, 3x3 conv (or axial attention), 1x1 expand to 4 * filters.
 
   With `use_axial_attention` the reduction has 2 * filters channels and the
-  attention has key depth `filters` and value depth 2 * filters (SPEC §2.2).
+  attention has key depth `filters` and value depth 2 * filters (as in DeepLab2).
   A projection shortcut (1x1 conv + BN, strided) is built when the input
   channels differ from 4 * filters; otherwise a strided block subsamples.
   `atrous_rate` dilates the 3x3 conv (ignored by axial attention).

@@ -1,4 +1,4 @@
-"""Helpers that name variables the way DeepLab2 checkpoints do (SPEC §9).
+"""Helpers that name variables the way DeepLab2 checkpoints do.
 
 Every component of the pixel path exposes `deeplab2_variable_map()`, a dict
 from a DeepLab2 checkpoint key (relative to the component, without the

@@ -7,8 +7,8 @@ checkpoints:
 * Strided 2-D convolutions pad symmetrically, ``(k_eff - 1) // 2`` on the
   top-left and the rest on the bottom-right, then convolve with 'valid'
   padding. Stride-1 convolutions use 'same' padding.
-* Kernels are He-normal initialised; batch norm has momentum 0.99 and epsilon
-  1e-3 by default (the Keras defaults; `batch_norm_class` sets others).
+* Kernels are He-normal initialised; batch norm takes its momentum and epsilon
+  from `layers/spec.BatchNormSpec` (`batch_norm_class`).
 
 The kernel and batch-norm variables live in sub-layers named ``conv`` (or
 ``depthwise_conv``) and ``batch_norm``.
@@ -21,8 +21,10 @@ from typing import Optional
 import tensorflow as tf
 import tf_keras
 
+from deeplab2_kmax.model import spec_checks
 from deeplab2_kmax.model.layers import activations
 from deeplab2_kmax.model.layers import recompute
+from deeplab2_kmax.model.layers import spec as layer_spec
 
 
 class _UpdatedOncePerStep:
@@ -45,17 +47,19 @@ class SyncBatchNormalization(
   """Keras synchronised batch norm that ignores recomputed passes."""
 
 
-def batch_norm_class(use_sync_batch_norm: bool = True,
-                     momentum: float = 0.99,
-                     epsilon: float = 1e-3) -> Callable[..., tf_keras.layers.Layer]:
+def batch_norm_class(spec: Optional[layer_spec.BatchNormSpec] = None,
+                     **fields) -> Callable[..., tf_keras.layers.Layer]:
   """Returns the batch-norm layer factory (the class with these options).
 
-  Synchronised batch norm averages statistics over all replicas of a
-  distribution strategy (SPEC §6) and equals plain batch norm on one replica.
-  Both update their moving averages once per step under `recompute`.
+  Takes a `BatchNormSpec`, its fields by keyword, or both. Synchronised batch
+  norm averages statistics over all replicas of a distribution strategy
+  and equals plain batch norm on one replica. Both update their
+  moving averages once per step under `recompute`.
   """
-  layer = SyncBatchNormalization if use_sync_batch_norm else BatchNormalization
-  return functools.partial(layer, momentum=momentum, epsilon=epsilon)
+  spec = spec_checks.resolve(layer_spec.BatchNormSpec, spec, fields)
+  layer = (SyncBatchNormalization if spec.use_sync_batch_norm
+           else BatchNormalization)
+  return functools.partial(layer, momentum=spec.momentum, epsilon=spec.epsilon)
 
 
 def _live_taps(kernel_size: int, atrous_rate: int, size) -> slice:

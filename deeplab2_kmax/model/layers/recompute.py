@@ -24,7 +24,9 @@ from typing import Callable
 import tensorflow as tf
 import tf_keras
 
-MODES = ("none", "blocks")
+from deeplab2_kmax.model.layers import spec
+
+MODES = spec.RECOMPUTE_MODES
 
 # Per thread: a mirrored strategy traces each replica in its own thread.
 _state = threading.local()

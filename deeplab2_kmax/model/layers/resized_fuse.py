@@ -1,9 +1,9 @@
 """Resized fuse: project features and add them at one resolution.
 
 MaX-DeepLab (Wang et al., CVPR 2021) stacked-decoder fusion, used between the
-stages of kMaX-DeepLab's enhanced pixel decoder (kMaX-DeepLab §3.3, SPEC
-§2.2). Each input is activated, projected by a 1x1 conv + BN to
-`num_channels` (skipped when it already has them) and bilinearly resized
+stages of kMaX-DeepLab's enhanced pixel decoder (kMaX-DeepLab §3.3). Each
+input is activated, projected by a 1x1 conv + BN to `num_channels`
+(skipped when it already has them) and bilinearly resized
 (align_corners=True) to the spatial size of the LAST input; the results are
 summed without activation (the next block activates its input). As in
 DeepLab2, an input exactly twice as large ((h + 1) // 2 == target) uses a
@@ -59,6 +59,26 @@ def resize_by_gathers(images: tf.Tensor, size) -> tf.Tensor:
   upper = along_width(tf.gather(images, top, axis=1))
   lower = along_width(tf.gather(images, bottom, axis=1))
   return upper + (lower - upper) * y_weight
+
+
+def resize_nearest_align_corners(labels: tf.Tensor, size) -> tf.Tensor:
+  """Nearest-neighbour resize of [B, h, w] labels with aligned corners.
+
+  Output pixel i reads source pixel round(i (h - 1) / (H - 1)) (halves
+  round up), so corners and every source pixel's aligned position keep
+  their label; identity for an equal size. Static shapes only.
+  """
+  if labels.shape[1] == size[0] and labels.shape[2] == size[1]:
+    return labels
+  rows = _nearest_taps(labels.shape[1], size[0])
+  cols = _nearest_taps(labels.shape[2], size[1])
+  return tf.gather(tf.gather(labels, rows, axis=1), cols, axis=2)
+
+
+def _nearest_taps(in_size: int, out_size: int) -> np.ndarray:
+  scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+  nearest = np.floor(np.arange(out_size) * scale + 0.5)
+  return np.minimum(nearest, in_size - 1).astype(np.int32)
 
 
 def _taps(in_size: int, out_size: int):

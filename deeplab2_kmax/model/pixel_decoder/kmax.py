@@ -1,4 +1,4 @@
-"""The enhanced pixel decoder of kMaX-DeepLab (paper §3.3, Fig. 2; SPEC §2.2).
+"""The enhanced pixel decoder of kMaX-DeepLab (paper §3.3, Fig. 2).
 
 Starting from the backbone's os32 endpoint, each stage applies residual
 blocks (axial blocks at os32 and os16 — this is where the pixel path gets its
@@ -24,18 +24,16 @@ from typing import Sequence
 
 import tf_keras
 
+from deeplab2_kmax.model import spec_checks
 from deeplab2_kmax.model.layers import blocks
 from deeplab2_kmax.model.layers import checkpoint_keys
 from deeplab2_kmax.model.layers import convolutions
 from deeplab2_kmax.model.layers import resized_fuse
+from deeplab2_kmax.model.layers import spec as layer_spec
+from deeplab2_kmax.model.pixel_decoder import spec as decoder_spec
 
-# Per stage from os32 down: bottleneck filters f, blocks, block type.
-_FILTERS = (512, 256, 128, 64, 32)
-_NUM_BLOCKS = (1, 5, 1, 1, 1)
-_BLOCK_TYPES = ("axial", "axial", "bottleneck", "bottleneck", "bottleneck")
 # Backbone endpoint consumed by each stage.
 _ENDPOINTS = ("stage5", "stage4", "stage3", "stage2", "stage1")
-_STAGES_FOR_OUTPUT_STRIDE = {4: 4, 2: 5}
 # DeepLab2 configures every decoder stage as a ResNet stage whose nominal input
 # stride (32) exceeds its nominal output stride (16), so the 3x3 convs of the
 # bottleneck stages are dilated by 32 / 16 = 2 at every resolution. Released
@@ -47,57 +45,38 @@ class KMaXPixelDecoder(tf_keras.layers.Layer):
   """Decodes backbone endpoints into multi-scale pixel features."""
 
   def __init__(self,
-               high_resolution_output_stride: int = 4,
-               filters: Optional[Sequence[int]] = None,
-               num_blocks: Optional[Sequence[int]] = None,
-               block_types: Optional[Sequence[str]] = None,
-               width_multiplier: float = 1.0,
-               drop_path_keep_prob: float = 1.0,
+               spec: Optional[decoder_spec.PixelDecoderSpec] = None,
+               *,
                activation: str = "gelu",
-               use_sync_batch_norm: bool = True,
                bn_layer: Optional[Callable[..., tf_keras.layers.Layer]] = None,
                recompute: bool = False,
-               name: str = "pixel_decoder"):
+               name: str = "pixel_decoder",
+               **fields):
     """Initialises the decoder.
 
     Args:
-      high_resolution_output_stride: 4 (COCO: stages os32..os4) or 2
-        (Cityscapes: an extra stage on the encoder's "stage1" endpoint, which
-        is at os2 for the ResNets but os4 for ConvNeXt, as in DeepLab2).
-      filters: Per-stage bottleneck filters (default 512, 256, 128, 64[, 32]).
-      num_blocks: Per-stage block counts (default 1, 5, 1, 1[, 1]).
-      block_types: Per-stage 'axial' or 'bottleneck'.
-      width_multiplier: Scales the default filters (tiny variants).
-      drop_path_keep_prob: Stochastic-depth keep probability of every block
-        (DeepLab2 uses 1.0).
+      spec: The decoder's hyperparameters (`PixelDecoderSpec`); `fields`
+        replace some of them (or give them all, without `spec`).
+        Output stride 2 adds a stage on the encoder's "stage1" endpoint,
+        which is at os2 for the ResNets but os4 for ConvNeXt, as in DeepLab2.
       activation: Activation function name.
-      use_sync_batch_norm: Synchronised batch norm across replicas.
-      bn_layer: Overrides the batch-norm class.
+      bn_layer: The batch-norm factory (default: `batch_norm_class` of the
+        `BatchNormSpec` fields in `fields`).
       recompute: Recompute each block's activations in the backward pass of
         training (`layers/recompute.py`).
       name: Layer name.
+      **fields: `PixelDecoderSpec` and `BatchNormSpec` fields.
     """
     super().__init__(name=name)
-    if high_resolution_output_stride not in _STAGES_FOR_OUTPUT_STRIDE:
-      raise ValueError(
-          f"{name}: high_resolution_output_stride must be 4 or 2, got "
-          f"{high_resolution_output_stride}.")
-    num_stages = _STAGES_FOR_OUTPUT_STRIDE[high_resolution_output_stride]
-    if filters is None:
-      filters = [int(round(f * width_multiplier))
-                 for f in _FILTERS[:num_stages]]
-    num_blocks = tuple(num_blocks or _NUM_BLOCKS[:num_stages])
-    block_types = tuple(block_types or _BLOCK_TYPES[:num_stages])
-    if not len(filters) == len(num_blocks) == len(block_types) == num_stages:
-      raise ValueError(
-          f"{name}: filters, num_blocks and block_types need {num_stages} "
-          f"entries for output stride {high_resolution_output_stride}; got "
-          f"{list(filters)}, {list(num_blocks)}, {list(block_types)}.")
-    for block_type in block_types:
-      if block_type not in ("axial", "bottleneck"):
-        raise ValueError(f"{name}: unknown block type {block_type!r}; "
-                         "expected 'axial' or 'bottleneck'.")
-    bn_layer = bn_layer or convolutions.batch_norm_class(use_sync_batch_norm)
+    decoder_fields, norm_fields = spec_checks.split(
+        fields, decoder_spec.PixelDecoderSpec, layer_spec.BatchNormSpec)
+    spec = spec_checks.resolve(decoder_spec.PixelDecoderSpec, spec,
+                               decoder_fields)
+    num_stages = spec.num_stages
+    filters = spec.stage_filters
+    num_blocks = spec.stage_num_blocks
+    block_types = spec.stage_block_types
+    bn_layer = bn_layer or convolutions.batch_norm_class(**norm_fields)
     self._filters = tuple(filters)
     self._endpoint_names = _ENDPOINTS[:num_stages]
     self._backbone_norms = [
@@ -108,7 +87,7 @@ class KMaXPixelDecoder(tf_keras.layers.Layer):
             filters[i], num_blocks[i], name=f"stage_{i}",
             atrous_rate=_BOTTLENECK_ATROUS_RATE,
             use_axial_attention=[block_types[i] == "axial"] * num_blocks[i],
-            drop_path_keep_probs=[drop_path_keep_prob] * num_blocks[i],
+            drop_path_keep_probs=[spec.drop_path_keep_prob] * num_blocks[i],
             activation=activation, bn_layer=bn_layer, recompute=recompute)
         for i in range(num_stages)]
     self._fuses = [

@@ -1,4 +1,4 @@
-"""ResNet-50 and Axial-ResNet-50 (MaX-S) pixel encoders (SPEC §2.1).
+"""ResNet-50 and Axial-ResNet-50 (MaX-S) pixel encoders (kMaX-DeepLab §4).
 
 * `resnet50`: He et al., CVPR 2016, v1.5 (stride in the 3x3 conv), ReLU, a
   7x7 stride-2 stem and NO max-pool: as in DeepLab2, the first block of
@@ -12,12 +12,9 @@ Endpoints are the NON-activated stage outputs `stage1` (stem, os2) to `stage5`
 (os32), DeepLab2's convention, plus their activated copies `res1`..`res5`.
 """
 
-import dataclasses
 import math
 from typing import Callable
 from typing import Dict
-from typing import Optional
-from typing import Sequence
 
 import tf_keras
 
@@ -26,21 +23,8 @@ from deeplab2_kmax.model.layers import blocks
 from deeplab2_kmax.model.layers import checkpoint_keys
 from deeplab2_kmax.model.layers import drop_path
 from deeplab2_kmax.model.layers import stems
+from deeplab2_kmax.model.pixel_encoders import spec
 from deeplab2_kmax.model.pixel_encoders import staged
-
-
-@dataclasses.dataclass(frozen=True)
-class ResNetVariant:
-  stem: str  # 'resnet' (7x7) or 'inception' (3 x 3x3).
-  activation: str
-  blocks_per_stage: Sequence[int]  # Stages 2..5.
-  axial_beyond_stride: int  # 0: no attention.
-
-
-VARIANTS = {
-    "resnet50": ResNetVariant("resnet", "relu", (3, 4, 6, 3), 0),
-    "axial_resnet50": ResNetVariant("inception", "gelu", (3, 4, 6, 3), 16),
-}
 
 # Drop path only acts on blocks at input stride >= 16 (DeepLab2's kMaX
 # ResNets); its 'linear' schedule decreases the keep probability over the 4
@@ -52,20 +36,18 @@ class AxialResNet(staged.StagedEncoder):
   """A (axial-)ResNet returning its stage endpoints at os2 .. os32."""
 
   def __init__(self,
-               variant: ResNetVariant,
-               drop_path_keep_prob: float = 1.0,
-               drop_path_schedule: str = "linear",
-               width_multiplier: float = 1.0,
-               blocks_per_stage: Optional[Sequence[int]] = None,
+               variant: spec.ResNetVariant,
+               encoder: spec.PixelEncoderSpec,
+               *,
                bn_layer: Callable[..., tf_keras.layers.Layer] = (
                    tf_keras.layers.BatchNormalization),
                recompute: bool = False,
                name: str = "encoder"):
+    """A ResNet of `variant` with `encoder`'s hyperparameters (checked)."""
     super().__init__(name=name)
-    blocks_per_stage = tuple(blocks_per_stage or variant.blocks_per_stage)
-    if len(blocks_per_stage) != 4 or min(blocks_per_stage) < 1:
-      raise ValueError(f"{name}: blocks_per_stage must be 4 positive ints, "
-                       f"got {blocks_per_stage}.")
+    blocks_per_stage = tuple(encoder.blocks_per_stage or
+                             variant.blocks_per_stage)
+    width_multiplier = encoder.width_multiplier
     self._activation_fn = activations.get(variant.activation)
     if variant.stem == "resnet":
       stem_channels = int(round(64 * width_multiplier))
@@ -84,7 +66,8 @@ class AxialResNet(staged.StagedEncoder):
       # Stride "seen" by each block: the first runs at the input stride.
       block_strides = [input_stride] + [2 * input_stride] * (num_blocks - 1)
       keep_probs = [
-          drop_path.stage_keep_prob(drop_path_keep_prob, drop_path_schedule,
+          drop_path.stage_keep_prob(encoder.drop_path_keep_prob,
+                                    encoder.drop_path_schedule,
                                     int(math.log2(s)) - 1, 4)
           if s >= _DROP_PATH_BEYOND_STRIDE else 1.0 for s in block_strides]
       use_axial = [0 < variant.axial_beyond_stride <= s for s in block_strides]

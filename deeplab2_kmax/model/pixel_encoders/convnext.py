@@ -1,4 +1,4 @@
-"""ConvNeXt pixel encoders (SPEC §2.1).
+"""ConvNeXt pixel encoders (kMaX-DeepLab §4).
 
 Liu et al., "A ConvNet for the 2020s", CVPR 2022, §2 (Fig. 4): a 4x4
 stride-4 patchify stem + LayerNorm, then four stages of blocks
@@ -12,10 +12,7 @@ Endpoints: "stage1" = stem output (os4), "stage2".."stage5" = stage outputs
 (os4 .. os32), and activated (GELU) copies "res1".."res5".
 """
 
-import dataclasses
 from typing import Dict
-from typing import Optional
-from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -25,21 +22,8 @@ from deeplab2_kmax.model.layers import activations
 from deeplab2_kmax.model.layers import checkpoint_keys
 from deeplab2_kmax.model.layers import drop_path
 from deeplab2_kmax.model.layers import recompute
+from deeplab2_kmax.model.pixel_encoders import spec
 from deeplab2_kmax.model.pixel_encoders import staged
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvNeXtVariant:
-  depths: Sequence[int]
-  widths: Sequence[int]
-
-
-VARIANTS = {
-    "convnext_tiny": ConvNeXtVariant((3, 3, 9, 3), (96, 192, 384, 768)),
-    "convnext_small": ConvNeXtVariant((3, 3, 27, 3), (96, 192, 384, 768)),
-    "convnext_base": ConvNeXtVariant((3, 3, 27, 3), (128, 256, 512, 1024)),
-    "convnext_large": ConvNeXtVariant((3, 3, 27, 3), (192, 384, 768, 1536)),
-}
 
 _LAYER_NORM_EPSILON = 1e-6
 
@@ -177,29 +161,23 @@ class ConvNeXt(staged.StagedEncoder):
   """ConvNeXt backbone returning endpoints at os4 .. os32."""
 
   def __init__(self,
-               variant: ConvNeXtVariant,
-               drop_path_keep_prob: float = 1.0,
-               drop_path_schedule: str = "linear",
-               width_multiplier: float = 1.0,
-               blocks_per_stage: Optional[Sequence[int]] = None,
+               variant: spec.ConvNeXtVariant,
+               encoder: spec.PixelEncoderSpec,
+               *,
                layer_scale_init_value: float = 1e-6,
                recompute: bool = False,
                name: str = "encoder"):
+    """A ConvNeXt of `variant` with `encoder`'s hyperparameters (checked)."""
     super().__init__(name=name)
-    depths = tuple(blocks_per_stage or variant.depths)
-    if len(depths) != 4 or min(depths) < 1:
-      raise ValueError(f"{name}: blocks_per_stage must be 4 positive ints, "
-                       f"got {depths}.")
-    widths = [int(round(w * width_multiplier)) for w in variant.widths]
+    depths = tuple(encoder.blocks_per_stage or variant.depths)
+    widths = [int(round(w * encoder.width_multiplier)) for w in variant.widths]
     # 'linear' (DeepLab2's ConvNeXt): from 1 at the first block to
     # drop_path_keep_prob at the last; 'constant': the same for all.
-    if drop_path_schedule == "linear":
-      keep_probs = np.linspace(1.0, drop_path_keep_prob, sum(depths)).tolist()
-    elif drop_path_schedule == "constant":
-      keep_probs = [drop_path_keep_prob] * sum(depths)
+    keep_prob = encoder.drop_path_keep_prob
+    if encoder.drop_path_schedule == "linear":
+      keep_probs = np.linspace(1.0, keep_prob, sum(depths)).tolist()
     else:
-      raise ValueError(f"{name}: unknown drop_path_schedule "
-                       f"{drop_path_schedule!r} ('constant' or 'linear').")
+      keep_probs = [keep_prob] * sum(depths)
     self._downsamples = []
     self._stages = []
     self.endpoint_channels: Dict[str, int] = {"stage1": widths[0]}

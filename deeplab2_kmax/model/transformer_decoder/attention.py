@@ -1,7 +1,7 @@
 """Multi-head attention of the kMaX layers (MaX-DeepLab style).
 
 Used for the cluster centres' self-attention and the softmax cross-attention
-baseline of the kMaX transformer decoder (kMaX-DeepLab §3.2; SPEC §2.3).
+baseline of the kMaX transformer decoder (kMaX-DeepLab §3.2).
 """
 
 from typing import Callable

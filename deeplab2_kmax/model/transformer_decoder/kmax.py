@@ -1,36 +1,65 @@
-"""The kMaX transformer decoder (paper §3.2, Eq. 5-7; SPEC §2.3).
+"""The kMaX transformer decoder (paper §3.2, Eq. 5-7).
 
 Cross-attention between N cluster centres C [B, N, D] and pixel features
 P [B, HW, D] is recast as one k-means step:
-  E-step  assignment = one_hot(argmax_N(aux_head(P, C)))   [B, HW, N]
-          (hard, gradient stopped; the auxiliary head's mask logits are the
-          centre-pixel affinities Q^c (K^p)ᵀ and are deep-supervised)
-  M-step  C_hat = C + assignmentᵀ · V^p                    (Eq. 7: a sum)
+  E-step  assignment = argmax_N(aux_head(P, C))            [B, HW]
+          (`kmeans_assignment_step`, Eq. 5; the auxiliary head's mask
+          logits are the centre-pixel affinities Q^c (K^p)ᵀ and are
+          deep-supervised)
+  M-step  C_hat = C + one_hot(assignment)ᵀ · V^p           [B, N, D]
+          (`kmeans_update_step`, Eq. 7: a sum; hard, gradient stopped)
 then multi-head self-attention among centres and an FFN. The softmax
 baseline (`cross_attention="softmax"`) replaces the E/M steps by ordinary
-multi-head cross-attention with a softmax over the HW pixels.
+multi-head cross-attention with a softmax over the HW pixels. The
+hyperparameters and their defaults are `spec.py`'s.
 """
 
 from typing import Callable
 from typing import Dict
 from typing import List
-from typing import Sequence
+from typing import Optional
 from typing import Tuple
 
 import tensorflow as tf
 import tf_keras
 
 from deeplab2_kmax import common
+from deeplab2_kmax.model import spec_checks
 from deeplab2_kmax.model.heads import max_deeplab
+from deeplab2_kmax.model.heads import spec as head_spec
 from deeplab2_kmax.model.layers import activations
 from deeplab2_kmax.model.layers import checkpoint_keys
 from deeplab2_kmax.model.layers import convolutions
 from deeplab2_kmax.model.layers import drop_path
 from deeplab2_kmax.model.layers import recompute
 from deeplab2_kmax.model.transformer_decoder import attention
-from deeplab2_kmax.model.transformer_decoder import head_split
+from deeplab2_kmax.model.transformer_decoder import spec as decoder_spec
 
-CROSS_ATTENTIONS = ("kmeans", "softmax")
+CROSS_ATTENTIONS = decoder_spec.CROSS_ATTENTIONS
+# The auxiliary output holding each pixel's centre: int32 [B, h, w], the
+# k-means assignment (Eq. 5) the layer used (with the softmax baseline, the
+# argmax of the same affinities, for visualisation only).
+ASSIGNMENT_KEY = "cluster_assignment"
+
+
+def kmeans_assignment_step(affinity: tf.Tensor) -> tf.Tensor:
+  """E-step (Eq. 5): the index of each pixel's most similar centre.
+
+  affinity [B, h, w, N] -> int32 [B, h, w].
+  """
+  return tf.argmax(affinity, axis=-1, output_type=tf.int32)
+
+
+def kmeans_update_step(assignment: tf.Tensor, values: tf.Tensor,
+                       num_centers: int) -> tf.Tensor:
+  """M-step (Eq. 7): each centre gathers the sum of its pixels' values.
+
+  assignment int32 [B, HW], values [B, HW, D] -> [B, N, D]. The one-hot
+  assignment is hard, so no gradient flows through it.
+  """
+  one_hot = tf.stop_gradient(tf.one_hot(assignment, num_centers,
+                                        dtype=values.dtype))
+  return tf.einsum("bln,bld->bnd", one_hot, values)
 
 
 class KMaXLayer(tf_keras.layers.Layer):
@@ -38,54 +67,50 @@ class KMaXLayer(tf_keras.layers.Layer):
 
   def __init__(self,
                num_classes: int,
-               channels: int = 256,
-               ffn_channels: int = 2048,
-               num_heads: int = 8,
-               cross_attention: str = "kmeans",
-               drop_path_keep_prob: float = 1.0,
-               pixel_head_channels: int = 256,
-               pixel_output_channels: int = 128,
+               spec: Optional[decoder_spec.KMaXLayerSpec] = None,
+               head: Optional[head_spec.HeadSpec] = None,
+               *,
                activation: str = "gelu",
                bn_layer: Callable[..., tf_keras.layers.Layer] = (
                    tf_keras.layers.BatchNormalization),
-               mask_logits_gamma_init: float = 0.1,
                recompute: bool = False,
-               name: str = "kmax_layer"):
+               name: str = "kmax_layer",
+               **fields):
     """Initialises the layer.
 
     Args:
       num_classes: Non-void classes of the auxiliary class head.
-      channels: D, the centre width (256); keys get D/2, values D.
-      ffn_channels: Hidden width of the centres' feed-forward network.
-      num_heads: Heads of the centre self-attention (and softmax baseline).
-      cross_attention: "kmeans" (Eq. 7) or "softmax" (the baseline).
-      drop_path_keep_prob: Stochastic-depth keep probability of each residual.
-      pixel_head_channels: Auxiliary head's pixel-space head width.
-      pixel_output_channels: Auxiliary head's embedding size.
+      spec: The layer's hyperparameters (`KMaXLayerSpec`).
+      head: The auxiliary head's hyperparameters (`HeadSpec`).
       activation: Activation function.
       bn_layer: Batch-norm class.
-      mask_logits_gamma_init: Initial mask-logit gamma of the auxiliary head.
       recompute: Recompute the layer's activations in the backward pass of
         training (`layers/recompute.py`).
       name: Layer name.
+      **fields: `KMaXLayerSpec` and `HeadSpec` fields, replacing those of
+        `spec` and `head` (or giving them, without).
     """
     super().__init__(name=name)
-    if cross_attention not in CROSS_ATTENTIONS:
-      raise ValueError(f"{name}: cross_attention must be one of "
-                       f"{CROSS_ATTENTIONS}, got {cross_attention!r}.")
-    try:
-      key_channels, value_channels = head_split.attention_channels(
-          channels, num_heads)
-    except ValueError as e:
-      raise ValueError(f"{name}: {e}.") from None
-    self._channels = channels
-    self._key_channels = key_channels
-    self._value_channels = value_channels
-    self._num_heads = num_heads
-    self._cross_attention = cross_attention
-    self._keep_prob = drop_path_keep_prob
+    layer_fields, head_fields = spec_checks.split(
+        fields, decoder_spec.KMaXLayerSpec, head_spec.HeadSpec)
+    layer = spec_checks.resolve(decoder_spec.KMaXLayerSpec, spec, layer_fields)
+    self._channels = layer.channels
+    self._num_heads = layer.num_heads
+    self._cross_attention = layer.cross_attention
+    self._keep_prob = layer.drop_path_keep_prob
+    self._key_channels = layer.key_channels
+    self._value_channels = layer.value_channels
     self._recompute = recompute
     self._activation_fn = activations.get(activation)
+    self._build_projections(layer, activation, bn_layer)
+    self.auxiliary_clustering_predictor = max_deeplab.MaXDeepLabHead(
+        num_classes, spec_checks.resolve(head_spec.HeadSpec, head, head_fields),
+        activation=activation, bn_layer=bn_layer,
+        name="auxiliary_clustering_predictor")
+
+  def _build_projections(self, layer, activation, bn_layer):
+    """The layer's 1x1 conv + BN projections and attention sub-layers."""
+    channels = layer.channels
     qkv_init = lambda: tf_keras.initializers.TruncatedNormal(  # pylint: disable=g-long-lambda
         stddev=channels**-0.5)
     conv = lambda c, n, act=None, gamma="ones", init="he_normal": (  # pylint: disable=g-long-lambda
@@ -96,36 +121,32 @@ class KMaXLayer(tf_keras.layers.Layer):
     self.memory_conv1_bn_act = conv(channels, "memory_conv1_bn_act", activation)
     self.pixel_conv1_bn_act = conv(channels, "pixel_conv1_bn_act", activation)
     # Centre self-attention: q, k, v from one projection.
-    self.memory_qkv_conv_bn = conv(2 * key_channels + value_channels,
-                                   "memory_qkv_conv_bn", init=qkv_init())
-    self.memory_attention = attention.MultiHeadAttention("memory_attention", activation,
-                                               bn_layer)
+    self.memory_qkv_conv_bn = conv(
+        2 * self._key_channels + self._value_channels, "memory_qkv_conv_bn",
+        init=qkv_init())
+    self.memory_attention = attention.MultiHeadAttention(
+        "memory_attention", activation, bn_layer)
     self.memory_conv3_bn = conv(channels, "memory_conv3_bn", gamma="zeros")
     # 2-3. Cross-attention.
-    if cross_attention == "kmeans":
-      self.pixel_v_conv_bn = conv(value_channels, "pixel_v_conv_bn",
+    if layer.cross_attention == "kmeans":
+      self.pixel_v_conv_bn = conv(self._value_channels, "pixel_v_conv_bn",
                                   init=qkv_init())
       self.kmeans_memory_batch_norm_retrieved_value = bn_layer(
           axis=-1, name="kmeans_memory_batch_norm_retrieved_value")
       self.kmeans_memory_conv3_bn = conv(channels, "kmeans_memory_conv3_bn",
                                          gamma="zeros")
     else:
-      self.pixel_kv_conv_bn = conv(key_channels + value_channels,
+      self.pixel_kv_conv_bn = conv(self._key_channels + self._value_channels,
                                    "pixel_kv_conv_bn", init=qkv_init())
-      self.cross_attention = attention.MultiHeadAttention("cross_attention", activation,
-                                                bn_layer)
+      self.cross_attention = attention.MultiHeadAttention(
+          "cross_attention", activation, bn_layer)
       self.cross_attention_conv3_bn = conv(channels, "cross_attention_conv3_bn",
                                            gamma="zeros")
     # 5. FFN.
-    self.memory_ffn_conv1_bn_act = conv(ffn_channels, "memory_ffn_conv1_bn_act",
-                                        activation)
+    self.memory_ffn_conv1_bn_act = conv(layer.ffn_channels,
+                                        "memory_ffn_conv1_bn_act", activation)
     self.memory_ffn_conv2_bn = conv(channels, "memory_ffn_conv2_bn",
                                     gamma="zeros")
-    self.auxiliary_clustering_predictor = max_deeplab.MaXDeepLabHead(
-        num_classes, pixel_head_channels, pixel_output_channels,
-        activation=activation, bn_layer=bn_layer,
-        mask_logits_gamma_init=mask_logits_gamma_init,
-        name="auxiliary_clustering_predictor")
 
   def _drop_path(self, x, training):
     if not training or self._keep_prob >= 1.0:
@@ -134,10 +155,15 @@ class KMaXLayer(tf_keras.layers.Layer):
 
   def call(self, pixels, centers, training=False
            ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
-    """pixels [B, H, W, Cp], centers [B, N, D] -> (new centers, aux dict)."""
+    """pixels [B, H, W, Cp], centers [B, N, D] -> (new centers, aux dict).
+
+    The aux dict holds the auxiliary head's outputs and, under
+    ASSIGNMENT_KEY, the assignment of the E-step.
+    """
     if not (training and self._recompute):
-      return self._forward(pixels, centers, training,
-                           lambda x, _: self._drop_path(x, training))
+      outputs, auxiliary, assignment = self._forward(
+          pixels, centers, training, lambda x, _: self._drop_path(x, training))
+      return outputs, dict(auxiliary, **{ASSIGNMENT_KEY: assignment})
     # The three residuals' drop-path masks, drawn once in the order of the
     # plain call and passed to both passes.
     masks = []
@@ -148,12 +174,22 @@ class KMaXLayer(tf_keras.layers.Layer):
     def forward(pixels, centers, *masks):
       return self._forward(
           pixels, centers, True,
-          lambda x, i: x * tf.cast(masks[i], x.dtype) if masks else x)
+          lambda x, i: x * tf.cast(masks[i], x.dtype) if masks else x)[:2]
 
-    return recompute.recomputed_call(self, forward, pixels, centers, *masks)
+    outputs, auxiliary = recompute.recomputed_call(self, forward, pixels,
+                                                   centers, *masks)
+    # The same argmax of the same affinities: the forward pass's assignment
+    # (integers cannot leave a recomputed call).
+    assignment = kmeans_assignment_step(
+        auxiliary[common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY])
+    return outputs, dict(auxiliary, **{ASSIGNMENT_KEY: assignment})
 
   def _forward(self, pixels, centers, training, drop_path_fn):
-    """The layer; drop_path_fn(x, i) drops the i-th residual (0, 1, 2)."""
+    """The layer; drop_path_fn(x, i) drops the i-th residual (0, 1, 2).
+
+    Returns the new centres, the auxiliary head's outputs and the E-step's
+    assignment int32 [B, H, W].
+    """
     height, width = pixels.shape[1], pixels.shape[2]
     pixel_features = tf.reshape(self._activation_fn(pixels),
                                 [-1, height * width, pixels.shape[3]])
@@ -164,47 +200,32 @@ class KMaXLayer(tf_keras.layers.Layer):
         self.memory_qkv_conv_bn(cluster_centers, training=training),
         [self._key_channels, self._key_channels, self._value_channels], axis=-1)
 
-    # The auxiliary prediction (deep-supervised in both variants).
+    # The auxiliary prediction (deep-supervised in both variants); its mask
+    # logits are the centre-pixel affinities.
     pixel_features_2d = tf.reshape(pixel_features,
                                    [-1, height, width, self._channels])
     auxiliary = self.auxiliary_clustering_predictor(
         pixel_features_2d, cluster_centers, cluster_centers, training=training)
+    affinity = auxiliary[common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY]
+    assignment = kmeans_assignment_step(affinity)
 
     if self._cross_attention == "kmeans":
-      # E-step (Eq. 5): each pixel goes to its most similar centre.
-      affinity = auxiliary[common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY]
-      num_centers = affinity.shape[-1]
-      assignment = tf.one_hot(tf.argmax(affinity, axis=-1), num_centers,
-                              dtype=pixel_features.dtype)
-      assignment = tf.stop_gradient(
-          tf.reshape(assignment, [-1, height * width, num_centers]))
-      # M-step (Eq. 7): centres gather the sum of their pixels' values.
       values = self.pixel_v_conv_bn(pixel_features, training=training)
-      update = tf.einsum("bln,bld->bnd", assignment, values)
+      update = kmeans_update_step(
+          tf.reshape(assignment, [-1, height * width]), values,
+          affinity.shape[-1])
       update = self.kmeans_memory_batch_norm_retrieved_value(
           update, training=training)
       update = self.kmeans_memory_conv3_bn(update, training=training)
     else:
-      keys, values = tf.split(
-          self.pixel_kv_conv_bn(pixel_features, training=training),
-          [self._key_channels, self._value_channels], axis=-1)
-      update = self.cross_attention(
-          attention.split_heads(query, self._num_heads),
-          attention.split_heads(keys, self._num_heads),
-          tf.reshape(values, [-1, height * width, self._num_heads,
-                              self._value_channels // self._num_heads]),
-          training=training)
-      update = self.cross_attention_conv3_bn(update, training=training)
+      update = self._softmax_cross_attention(query, pixel_features, training)
     outputs = centers + drop_path_fn(update, 0)
 
     # 4. Self-attention among the centres.
-    num_slots = centers.shape[1]
     attended = self.memory_attention(
         attention.split_heads(query, self._num_heads),
         attention.split_heads(key, self._num_heads),
-        tf.reshape(value, [-1, num_slots, self._num_heads,
-                           self._value_channels // self._num_heads]),
-        training=training)
+        self._split_value_heads(value), training=training)
     attended = self.memory_conv3_bn(attended, training=training)
     outputs = self._activation_fn(outputs + drop_path_fn(attended, 1))
 
@@ -212,7 +233,23 @@ class KMaXLayer(tf_keras.layers.Layer):
     ffn = self.memory_ffn_conv1_bn_act(outputs, training=training)
     ffn = self.memory_ffn_conv2_bn(ffn, training=training)
     outputs = self._activation_fn(outputs + drop_path_fn(ffn, 2))
-    return outputs, auxiliary
+    return outputs, auxiliary, assignment
+
+  def _split_value_heads(self, value):
+    """[B, L, h*d] -> [B, L, h, d] (the layout `MultiHeadAttention` takes)."""
+    return tf.reshape(value, [-1, value.shape[1], self._num_heads,
+                              self._value_channels // self._num_heads])
+
+  def _softmax_cross_attention(self, query, pixel_features, training):
+    """The baseline: multi-head attention with a softmax over the pixels."""
+    keys, values = tf.split(
+        self.pixel_kv_conv_bn(pixel_features, training=training),
+        [self._key_channels, self._value_channels], axis=-1)
+    update = self.cross_attention(
+        attention.split_heads(query, self._num_heads),
+        attention.split_heads(keys, self._num_heads),
+        self._split_value_heads(values), training=training)
+    return self.cross_attention_conv3_bn(update, training=training)
 
   def deeplab2_variable_map(self) -> checkpoint_keys.VariableMap:
     convs = ["memory_conv1_bn_act", "pixel_conv1_bn_act", "memory_qkv_conv_bn",
@@ -247,64 +284,41 @@ class KMaXTransformerDecoder(tf_keras.layers.Layer):
 
   def __init__(self,
                num_classes: int,
-               num_mask_slots: int = 128,
-               num_blocks: Sequence[int] = (2, 2, 2),
-               channels: int = 256,
-               ffn_channels: int = 2048,
-               num_heads: int = 8,
-               cross_attention: str = "kmeans",
-               drop_path_keep_prob: float = 0.8,
-               drop_query_keep_number: int = 0,
-               pixel_head_channels: int = 256,
-               pixel_output_channels: int = 128,
+               spec: Optional[decoder_spec.TransformerDecoderSpec] = None,
+               head: Optional[head_spec.HeadSpec] = None,
+               *,
                activation: str = "gelu",
                bn_layer: Callable[..., tf_keras.layers.Layer] = (
                    tf_keras.layers.BatchNormalization),
-               mask_logits_gamma_init: float = 0.1,
                recompute: bool = False,
                name: str = "transformer_decoder"):
     """Initialises the decoder.
 
     Args:
       num_classes: Non-void classes.
-      num_mask_slots: N, the number of cluster centres.
-      num_blocks: kMaX layers at os32, os16, os8.
-      channels: Centre width.
-      ffn_channels: FFN hidden width.
-      num_heads: Self-attention heads.
-      cross_attention: "kmeans" or "softmax".
-      drop_path_keep_prob: Stochastic depth of every kMaX residual.
-      drop_query_keep_number: If > 0, training keeps this many random centres
-        per image (drop query, paper §4.1); inference uses all.
-      pixel_head_channels: Auxiliary heads' pixel-space head width.
-      pixel_output_channels: Auxiliary heads' embedding size.
+      spec: The decoder's hyperparameters (N centres, layers per stage, drop
+        query, and each kMaX layer's spec).
+      head: The auxiliary heads' hyperparameters.
       activation: Activation function.
       bn_layer: Batch-norm class.
-      mask_logits_gamma_init: Initial mask-logit gamma of the auxiliary heads.
       recompute: Recompute each kMaX layer's activations in the backward pass
         of training (`layers/recompute.py`).
       name: Layer name.
     """
     super().__init__(name=name)
-    if len(num_blocks) != 3:
-      raise ValueError(f"{name}: num_blocks needs 3 entries (os32, os16, os8), "
-                       f"got {list(num_blocks)}.")
-    if not 0 <= drop_query_keep_number <= num_mask_slots:
-      raise ValueError(f"{name}: drop_query_keep_number must be in "
-                       f"[0, {num_mask_slots}], got {drop_query_keep_number}.")
-    self._num_mask_slots = num_mask_slots
-    self._channels = channels
-    self._drop_query_keep_number = drop_query_keep_number
-    self._stage_of_layer = [s for s, n in enumerate(num_blocks)
+    spec = spec or decoder_spec.TransformerDecoderSpec()
+    self._num_mask_slots = spec.num_mask_slots
+    self._channels = spec.layer.channels
+    self._drop_query_keep_number = spec.drop_query_keep_number
+    self._stage_of_layer = [s for s, n in enumerate(spec.num_blocks)
                             for _ in range(n)]
     self.kmax_layers = [
-        KMaXLayer(num_classes, channels, ffn_channels, num_heads,
-                  cross_attention, drop_path_keep_prob, pixel_head_channels,
-                  pixel_output_channels, activation, bn_layer,
-                  mask_logits_gamma_init, recompute=recompute,
-                  name=f"kmax_layer_{i}")
+        KMaXLayer(num_classes, spec.layer, head or head_spec.HeadSpec(),
+                  activation=activation, bn_layer=bn_layer,
+                  recompute=recompute, name=f"kmax_layer_{i}")
         for i in range(len(self._stage_of_layer))]
-    conv = lambda n: convolutions.Conv1DBN(channels, n, bn_layer=bn_layer,  # pylint: disable=g-long-lambda
+    conv = lambda n: convolutions.Conv1DBN(self._channels, n,  # pylint: disable=g-long-lambda
+                                           bn_layer=bn_layer,
                                            activation=activation)
     self.class_embedding_projection = conv("class_embedding_projection")
     self.mask_embedding_projection = conv("mask_embedding_projection")
