@@ -1,4 +1,4 @@
-"""Prediction writers: COCO panoptic and Cityscapes formats (SPEC §7).
+"""Prediction writers: COCO panoptic and Cityscapes formats.
 
 `CocoPanopticWriter` turns panoptic maps (class * divisor + instance) into
 the files panopticapi reads: one RGB PNG per image (segment id = R + 256 G +
@@ -22,12 +22,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from deeplab2_kmax.data import build_cityscapes_data
+from deeplab2_kmax.data import cityscapes_classes
 
 # Cityscapes train id (the 19 evaluated classes, our class index) -> label id.
-CITYSCAPES_TRAIN_ID_TO_LABEL_ID = tuple(sorted(
-    build_cityscapes_data.LABEL_ID_TO_TRAIN_ID,
-    key=build_cityscapes_data.LABEL_ID_TO_TRAIN_ID.get))
+CITYSCAPES_TRAIN_ID_TO_LABEL_ID = cityscapes_classes.TRAIN_ID_TO_LABEL_ID
 
 
 def id_to_rgb(ids: np.ndarray) -> np.ndarray:

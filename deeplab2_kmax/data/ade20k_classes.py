@@ -1,4 +1,4 @@
-"""ADE20K panoptic classes: name, thing / stuff, colour (SPEC §5).
+"""ADE20K panoptic classes: name, thing / stuff, colour.
 
 The 150 SceneParse150 categories of ADEChallengeData2016 as DeepLab2 numbers
 them for panoptic training: class k is the k-th SceneParse150 category

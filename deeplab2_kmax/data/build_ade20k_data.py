@@ -1,4 +1,4 @@
-r"""Converts ADE20K panoptic (COCO-style JSON + PNGs) to TFRecords (SPEC §5).
+r"""Converts ADE20K panoptic (COCO-style JSON + PNGs) to TFRecords.
 
   python -m deeplab2_kmax.data.build_ade20k_data --ade20k_root=ADE \
       --output_dir=DIR [--splits=train,val] [--num_shards=1000]
@@ -20,7 +20,6 @@ no listed segment become void (class 0). Images are stored as they are
 
 import os
 from typing import Dict
-from typing import List
 from typing import Mapping
 from typing import Sequence
 
@@ -77,19 +76,14 @@ def split_items(ade20k_root: str, split: str):
   return items, class_map
 
 
-def build(ade20k_root: str, output_dir: str,
-          splits: Sequence[str] = ("train", "val"), num_shards: int = 1000,
-          treat_crowd_as_ignore: bool = True, overwrite: bool = False,
-          progress: bool = True) -> Dict[str, List[str]]:
-  """Converts each split; returns its TFRecord paths."""
-  return panoptic_conversion.build_splits(
-      split_items, ade20k_root, "ade20k_root", dataset_registry.get(DATASET),
-      output_dir, splits, num_shards, treat_crowd_as_ignore, overwrite,
-      progress)
+CONVERTER = panoptic_conversion.Converter(
+    split_items, DATASET, root_flag="ade20k_root",
+    root_help="ADEChallengeData2016 folder with the panoptic annotations.",
+    num_shards=1000)
+# `build(root, output_dir, splits, ...)` converts splits; `CONVERTER.main()`
+# is the command line.
+build = CONVERTER.build
 
 
 if __name__ == "__main__":
-  panoptic_conversion.define_flags(
-      "ade20k_root", "ADEChallengeData2016 folder with the panoptic "
-      "annotations.", 1000)
-  panoptic_conversion.run_cli(build, "ade20k_root")
+  CONVERTER.main()

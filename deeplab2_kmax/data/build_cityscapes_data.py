@@ -1,4 +1,4 @@
-r"""Converts Cityscapes panoptic (gtFine JSON + PNGs) to TFRecords (SPEC §5).
+r"""Converts Cityscapes panoptic (gtFine JSON + PNGs) to TFRecords.
 
   python -m deeplab2_kmax.data.build_cityscapes_data \
       --cityscapes_root=CITYSCAPES --output_dir=DIR [--splits=train,val]
@@ -12,20 +12,11 @@ the 19 train ids here. Output shards: `{split}-*-of-*.tfrecord`.
 """
 
 import os
-from typing import Dict
-from typing import List
-from typing import Sequence
 
-from deeplab2_kmax.data import dataset_registry
+from deeplab2_kmax.data import cityscapes_classes
 from deeplab2_kmax.data import panoptic_conversion
 
 DATASET = "cityscapes_panoptic"
-
-# Cityscapes label id -> train id of the 19 evaluated classes.
-LABEL_ID_TO_TRAIN_ID = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
-    23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
-}
 
 
 def split_items(cityscapes_root: str, split: str):
@@ -35,10 +26,10 @@ def split_items(cityscapes_root: str, split: str):
                                f"cityscapes_panoptic_{split}_trainId.json")
   if os.path.isfile(train_id_json):
     json_path = train_id_json
-    class_map = {i: i for i in range(19)}
+    class_map = {i: i for i in range(len(cityscapes_classes.NAMES))}
   else:
     json_path = os.path.join(gt_dir, f"cityscapes_panoptic_{split}.json")
-    class_map = dict(LABEL_ID_TO_TRAIN_ID)
+    class_map = dict(cityscapes_classes.LABEL_ID_TO_TRAIN_ID)
   data = panoptic_conversion.load_json(json_path)
   png_dir = os.path.splitext(json_path)[0]
   items = []
@@ -54,17 +45,13 @@ def split_items(cityscapes_root: str, split: str):
   return items, class_map
 
 
-def build(cityscapes_root: str, output_dir: str,
-          splits: Sequence[str] = ("train", "val"), num_shards: int = 10,
-          treat_crowd_as_ignore: bool = True, overwrite: bool = False,
-          progress: bool = True) -> Dict[str, List[str]]:
-  """Converts each split; returns its TFRecord paths."""
-  return panoptic_conversion.build_splits(
-      split_items, cityscapes_root, "cityscapes_root",
-      dataset_registry.get(DATASET), output_dir, splits, num_shards,
-      treat_crowd_as_ignore, overwrite, progress)
+CONVERTER = panoptic_conversion.Converter(
+    split_items, DATASET, root_flag="cityscapes_root",
+    root_help="Cityscapes root.", num_shards=10)
+# `build(root, output_dir, splits, ...)` converts splits; `CONVERTER.main()`
+# is the command line.
+build = CONVERTER.build
 
 
 if __name__ == "__main__":
-  panoptic_conversion.define_flags("cityscapes_root", "Cityscapes root.", 10)
-  panoptic_conversion.run_cli(build, "cityscapes_root")
+  CONVERTER.main()

@@ -1,4 +1,4 @@
-r"""Converts COCO panoptic (JSON + PNGs) to sharded TFRecords (SPEC §5).
+r"""Converts COCO panoptic (JSON + PNGs) to sharded TFRecords.
 
   python -m deeplab2_kmax.data.build_coco_data --coco_root=COCO \
       --output_dir=DIR [--splits=train,val] [--num_shards=1000]

@@ -1,4 +1,4 @@
-r"""Writes the synthetic panoptic dataset (SPEC §5) as TFRecords + COCO GT.
+r"""Writes the synthetic panoptic dataset as TFRecords + COCO GT.
 
   python -m deeplab2_kmax.data.build_synthetic_data --output_dir=DIR \
       --num_train=2000 --num_val=200 --seed=0
@@ -14,14 +14,12 @@ import json
 import os
 import shutil
 from typing import Dict
-from typing import Sequence
 
-from absl import app
 from absl import flags
 import numpy as np
 from PIL import Image
-import tqdm
 
+from deeplab2_kmax.data import dataset_builder
 from deeplab2_kmax.data import synthetic
 from deeplab2_kmax.data import tfrecord
 
@@ -72,7 +70,7 @@ def build_split(output_dir: str, split: str, num_images: int, seed: int,
   images, annotations = [], []
 
   def records():
-    for index in tqdm.trange(num_images, desc=split, disable=not progress):
+    for index in range(num_images):
       sample = synthetic.generate(seed, split, index, image_size)
       name = f"{split}_{index:06d}"
       Image.fromarray(panoptic_to_rgb(sample.panoptic)).save(
@@ -85,7 +83,8 @@ def build_split(output_dir: str, split: str, num_images: int, seed: int,
           tfrecord.encode_png(sample.image), "png", name, image_size,
           image_size, sample.panoptic)
 
-  tfrecord.write_sharded(records(), outputs["shards"], num_images)
+  outputs["shards"] = dataset_builder.write_split(
+      records(), num_images, output_dir, split, num_shards, progress)
   with open(outputs["json"], "w") as f:
     json.dump({"images": images, "annotations": annotations,
                "categories": coco_categories()}, f)
@@ -107,10 +106,7 @@ def build(output_dir: str, num_train: int, num_val: int, seed: int,
                               split_outputs(output_dir, s, 1)["png_dir"])
                   if os.path.exists(p)] for s in plan}
   found = [p for paths in existing.values() for p in paths]
-  if found and not overwrite:
-    raise FileExistsError(
-        f"{found[0]} already exists (and {len(found) - 1} more outputs); "
-        "pass --overwrite to replace them.")
+  dataset_builder.refuse_existing(found, overwrite)
   for path in found:
     if os.path.isdir(path):
       shutil.rmtree(path)
@@ -124,28 +120,20 @@ def build(output_dir: str, num_train: int, num_val: int, seed: int,
 
 def _define_flags() -> None:
   """CLI flags; defined only when run as a program (modules share names)."""
-  flags.DEFINE_string("output_dir", None, "Output folder.")
+  dataset_builder.define_output_flags(num_shards=4)
   flags.DEFINE_integer("num_train", 2000, "Training images.")
   flags.DEFINE_integer("num_val", 200, "Validation images.")
   flags.DEFINE_integer("seed", 0, "Seed; train and val use distinct streams.")
-  flags.DEFINE_integer("num_shards", 4, "TFRecord shards per split.")
   flags.DEFINE_integer("image_size", synthetic.IMAGE_SIZE,
-                       "Image side in pixels (128 in SPEC §5).")
-  flags.DEFINE_boolean("overwrite", False, "Replace existing outputs.")
+                       "Image side in pixels.")
 
 
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def _build_from_flags() -> Dict[str, Dict]:
   f = flags.FLAGS
-  try:
-    build(f.output_dir, f.num_train, f.num_val, f.seed, f.num_shards,
-          f.overwrite, f.image_size)
-  except (FileExistsError, ValueError) as e:
-    raise app.UsageError(str(e)) from e
+  return build(f.output_dir, f.num_train, f.num_val, f.seed, f.num_shards,
+               f.overwrite, f.image_size)
 
 
 if __name__ == "__main__":
   _define_flags()
-  flags.mark_flag_as_required("output_dir")
-  app.run(main)
+  dataset_builder.run_cli(_build_from_flags)

@@ -1,4 +1,4 @@
-"""The datasets the library knows, declared in one place (SPEC §5).
+"""The datasets the library knows, declared in one place.
 
 A new dataset is one more `DatasetInfo` in `_DATASETS`, or, without editing
 the library, a dataset description file (`dataset_info.json`, written by
@@ -17,6 +17,7 @@ from typing import Optional
 from typing import Tuple
 
 from deeplab2_kmax.data import ade20k_classes
+from deeplab2_kmax.data import cityscapes_classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,18 +84,7 @@ _COCO_NUM_STUFF = 53
 _COCO_CLASS_HAS_INSTANCES = (
     (False,) + (True,) * _COCO_NUM_THINGS + (False,) * _COCO_NUM_STUFF)
 
-_CITYSCAPES_CLASS_NAMES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
-    "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
-    "truck", "bus", "train", "motorcycle", "bicycle")
-_CITYSCAPES_COLORMAP = (
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156),
-    (190, 153, 153), (153, 153, 153), (250, 170, 30), (220, 220, 0),
-    (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
-    (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100),
-    (0, 0, 230), (119, 11, 32))
-
-# Synthetic (SPEC §5): void 0, stuff 1..3, things 4..8.
+# Synthetic: void 0, stuff 1..3, things 4..8.
 SYNTHETIC_STUFF_CLASSES = ("sky", "ground", "wall")
 SYNTHETIC_THING_CLASSES = ("disc", "square", "triangle", "star", "ellipse")
 _SYNTHETIC_CLASS_NAMES = (("void",) + SYNTHETIC_STUFF_CLASSES +
@@ -113,16 +103,17 @@ _DATASETS = {
             colormap=palette(134),
             max_image_size=(640, 640),
         ),
+        # Cityscapes: the 19 evaluated classes by train id, void 255.
         DatasetInfo(
             name="cityscapes_panoptic",
-            num_classes=19,
+            num_classes=len(cityscapes_classes.NAMES),
             ignore_label=255,
             panoptic_label_divisor=1000,
-            class_has_instances=(False,) * 11 + (True,) * 8,
+            class_has_instances=cityscapes_classes.HAS_INSTANCES,
             splits_to_sizes={"train_fine": 2975, "val_fine": 500,
                              "trainval_fine": 3475, "test_fine": 1525},
-            class_names=_CITYSCAPES_CLASS_NAMES,
-            colormap=_CITYSCAPES_COLORMAP,
+            class_names=cityscapes_classes.NAMES,
+            colormap=cityscapes_classes.COLORMAP,
             max_image_size=(1024, 2048),
         ),
         # ADE20K panoptic (ADEChallengeData2016): void 0, the 150

@@ -1,7 +1,9 @@
 """COCO-style panoptic annotations (JSON + RGB PNG) -> library TFRecords.
 
-Shared by the COCO, Cityscapes and ADE20K builders (SPEC §5), with their
-split loop (`build_splits`) and command line (`define_flags`, `run_cli`). A panoptic PNG stores a
+Shared by the COCO, Cityscapes and ADE20K builders, with their split loop
+(`build_splits`) and command line (`define_flags`, `run_cli`); a registry
+dataset in this layout is a split reader in a `Converter`. Writing goes
+through `dataset_builder`, as for every builder. A panoptic PNG stores a
 segment id per pixel as `R + 256 G + 256^2 B`; the JSON's `segments_info`
 gives each id its category and crowd flag. The label written to the TFRecord
 is `class * divisor + instance`, as DeepLab2 builds it: instances numbered
@@ -23,15 +25,16 @@ from typing import Optional
 from typing import Sequence
 from typing import Tuple
 
-from absl import app
 from absl import flags
 import numpy as np
 from PIL import Image
-import tqdm
 
+from deeplab2_kmax.data import dataset_builder
 from deeplab2_kmax.data import dataset_registry
 from deeplab2_kmax.data import tfrecord
 
+# The flags defined here belong to the builder that runs, and its --help.
+flags.disclaim_key_flags()
 
 @dataclasses.dataclass(frozen=True)
 class Item:
@@ -122,16 +125,11 @@ def convert(items: Sequence[Item], output_dir: str, split: str,
   """Writes the items as `{split}-*-of-*.tfrecord`; returns the shard paths."""
   if not items:
     raise ValueError(f"No annotated images found for split {split!r}.")
-  paths = tfrecord.shard_paths(output_dir, split,
-                               max(1, min(num_shards, len(items))))
-  existing = tfrecord.existing_shards(output_dir, split)
-  if existing and not overwrite:
-    raise FileExistsError(f"{existing[0]} already exists; pass --overwrite "
-                          "to replace it.")
-  os.makedirs(output_dir, exist_ok=True)
+  dataset_builder.refuse_existing(
+      tfrecord.existing_shards(output_dir, split), overwrite)
 
   def records() -> Iterable[bytes]:
-    for item in tqdm.tqdm(items, desc=split, disable=not progress):
+    for item in items:
       image_bytes, image_format, image = read_image(item.image_path)
       _, _, label_image = read_image(item.label_path, mode="RGB")
       if label_image.size != image.size:
@@ -144,10 +142,8 @@ def convert(items: Sequence[Item], output_dir: str, split: str,
           image_bytes, image_format.lower(), item.name, image.size[1],
           image.size[0], label)
 
-  tfrecord.write_sharded(records(), paths, len(items))
-  for stale in set(existing) - set(paths):  # Shards of an older layout.
-    os.remove(stale)
-  return list(paths)
+  return dataset_builder.write_split(records(), len(items), output_dir, split,
+                                    num_shards, progress)
 
 
 # (dataset root, split) -> (items, source category id -> class id).
@@ -171,32 +167,58 @@ def build_splits(read_split: SplitReader, root: str, root_flag: str,
 
 
 def define_flags(root_flag: str, root_help: str, num_shards: int) -> None:
-  """A builder's flags; defined only when run as a program (they share
-  names across builders)."""
+  """A converter's flags (`dataset_builder.define_output_flags` and the
+  dataset root, splits and crowd handling), defined only when run."""
   flags.DEFINE_string(root_flag, None, root_help)
-  flags.DEFINE_string("output_dir", None, "Output folder.")
   flags.DEFINE_list("splits", ["train", "val"], "Splits to convert.")
-  flags.DEFINE_integer("num_shards", num_shards, "Shards per split.")
   flags.DEFINE_boolean(
       "treat_crowd_as_ignore", True,
       "Label crowd pixels void (else: their class with instance 0).")
-  flags.DEFINE_boolean("overwrite", False, "Replace existing outputs.")
-  flags.mark_flags_as_required([root_flag, "output_dir"])
+  dataset_builder.define_output_flags(num_shards)
+  flags.mark_flag_as_required(root_flag)
 
 
 def run_cli(build: Callable[..., Dict[str, List[str]]],
             root_flag: str) -> None:
   """Runs `build(root, output_dir, splits, num_shards, crowd, overwrite)`
-  from the flags of `define_flags`; input errors become usage errors."""
+  from the flags of `define_flags` (`dataset_builder.run_cli`)."""
+  f = flags.FLAGS
+  dataset_builder.run_cli(lambda: build(
+      f[root_flag].value, f.output_dir, f.splits, f.num_shards,
+      f.treat_crowd_as_ignore, f.overwrite))
 
-  def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    f = flags.FLAGS
-    try:
-      build(f[root_flag].value, f.output_dir, f.splits, f.num_shards,
-            f.treat_crowd_as_ignore, f.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-      raise app.UsageError(str(e)) from e
 
-  app.run(main)
+@dataclasses.dataclass(frozen=True)
+class Converter:
+  """A registry dataset in the COCO panoptic layout, and its command line.
+
+  Attributes:
+    read_split: (root, split) -> (items, source category id -> class id).
+    dataset: Registry name of the dataset the records belong to.
+    root_flag: Name of the dataset-root flag, e.g. "cityscapes_root".
+    root_help: Its help text.
+    num_shards: Default number of shards per split.
+  """
+
+  read_split: SplitReader
+  dataset: str
+  root_flag: str
+  root_help: str
+  num_shards: int
+
+  def build(self, root: str, output_dir: str,
+            splits: Sequence[str] = ("train", "val"),
+            num_shards: Optional[int] = None,
+            treat_crowd_as_ignore: bool = True, overwrite: bool = False,
+            progress: bool = True) -> Dict[str, List[str]]:
+    """Converts each split; returns its TFRecord paths."""
+    return build_splits(
+        self.read_split, root, self.root_flag,
+        dataset_registry.get(self.dataset), output_dir, splits,
+        self.num_shards if num_shards is None else num_shards,
+        treat_crowd_as_ignore, overwrite, progress)
+
+  def main(self) -> None:
+    """Runs the converter as a program."""
+    define_flags(self.root_flag, self.root_help, self.num_shards)
+    run_cli(self.build, self.root_flag)

@@ -1,4 +1,4 @@
-"""Geometric preprocessing and training targets (SPEC §5, as DeepLab2).
+"""Geometric preprocessing and training targets (as DeepLab2).
 
 Training: resize to range -> random scale (discrete steps) -> colour
 augmentation -> pad to at least the crop (image with 127.5, label with the

@@ -1,4 +1,4 @@
-"""Synthetic panoptic dataset, the embedded default (SPEC §5).
+"""Synthetic panoptic dataset, the embedded default.
 
 Every image is a pure function of `(seed, split, index)`:
 - background: 3 stuff classes (1 sky, 2 ground, 3 wall) as irregular regions

@@ -1,6 +1,6 @@
 """TFRecord encoding shared by every dataset builder and the input pipeline.
 
-One `tf.train.Example` per image, in the DeepLab2 layout (SPEC §5): the image
+One `tf.train.Example` per image, in the DeepLab2 layout: the image
 as encoded bytes (PNG or JPEG) and the panoptic label as raw little-endian
 int32 bytes (`semantic * label_divisor + instance`, format "raw").
 """

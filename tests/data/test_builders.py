@@ -15,6 +15,7 @@ import pytest
 from deeplab2_kmax import common
 from deeplab2_kmax.data import build_cityscapes_data
 from deeplab2_kmax.data import build_coco_data
+from deeplab2_kmax.data import cityscapes_classes
 from deeplab2_kmax.data import dataset_registry
 from deeplab2_kmax.data import input_pipeline
 
@@ -185,7 +186,7 @@ def _make_cityscapes(root):
     cases.append((image_id, ids, specs))
   categories = [{"id": label_id, "name": str(label_id),
                  "isthing": int(label_id >= 24)}
-                for label_id in build_cityscapes_data.LABEL_ID_TO_TRAIN_ID]
+                for label_id in cityscapes_classes.LABEL_ID_TO_TRAIN_ID]
   with open(os.path.join(root, "gtFine", "cityscapes_panoptic_val.json"),
             "w") as f:
     json.dump({"images": images, "annotations": annotations,

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from deeplab2_kmax.data import build_cityscapes_data
+from deeplab2_kmax.data import cityscapes_classes
 from deeplab2_kmax.data import dataset_registry
 from deeplab2_kmax.evaluation import panoptic_quality
 from deeplab2_kmax.evaluation import writers
@@ -28,7 +28,7 @@ VOID = INFO.ignore_label  # 255
 STUFF = [c for c in range(INFO.num_classes) if not INFO.class_has_instances[c]]
 THINGS = [c for c in range(INFO.num_classes) if INFO.class_has_instances[c]]
 TRAIN_TO_LABEL = {train: label for label, train in
-                  build_cityscapes_data.LABEL_ID_TO_TRAIN_ID.items()}
+                  cityscapes_classes.LABEL_ID_TO_TRAIN_ID.items()}
 
 
 def _random_gt(rng, size):
