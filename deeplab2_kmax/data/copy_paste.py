@@ -3,9 +3,11 @@ copy-paste"; extends the thing copy-paste of Ghiasi et al., CVPR 2021).
 
 A second training sample (preprocessed with its scale range multiplied by the
 copy-paste scale, 0.5 in the paper, and its padding labelled `padding_id`) is
-pasted onto the first. With the default options (DeepLab2's kMaX recipe) that
-is every thing segment of the source plus a random subset of its stuff
-segments; source void and padding are never pasted.
+pasted onto the first. With the default options of
+`input_pipeline.PipelineOptions` (DeepLab2's kMaX recipe: things 'all', stuff
+'random', void 'none') that is every thing segment of the source plus a
+random subset of its stuff segments; source void and padding are never
+pasted.
 Pasted thing ids are mirrored (`instance -> divisor - 1 - instance`) so they
 never collide with the canvas ids (both must be below `divisor // 2`), and
 canvas segments lose exactly the pixels that were pasted over.
@@ -40,8 +42,8 @@ def paste_mask(source_label: tf.Tensor, seed: tf.Tensor, *,
                label_divisor: int, ignore_label: int,
                thing_class_ids: Sequence[int],
                stuff_class_ids: Sequence[int], padding_id: int,
-               thing_option: str = "all", stuff_option: str = "random",
-               void_option: str = "none") -> tf.Tensor:
+               thing_option: str, stuff_option: str,
+               void_option: str) -> tf.Tensor:
   """Boolean [H, W, 1]: the source pixels that will be pasted.
 
   A random number of the source's segments is drawn, then each group
@@ -70,8 +72,7 @@ def paste(image: tf.Tensor, label: tf.Tensor, source_image: tf.Tensor,
           source_label: tf.Tensor, seed: tf.Tensor, *, label_divisor: int,
           ignore_label: int, thing_class_ids: Sequence[int],
           stuff_class_ids: Sequence[int], padding_id: int,
-          thing_option: str = "all", stuff_option: str = "random",
-          void_option: str = "none"):
+          thing_option: str, stuff_option: str, void_option: str):
   """Pastes part of (source_image, source_label) onto (image, label).
 
   Images are float [H, W, 3], labels int32 panoptic [H, W, 1] of equal size.

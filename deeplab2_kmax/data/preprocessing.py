@@ -150,12 +150,16 @@ def flip_left_right(image, label, seed):
 
 
 def augment(image, label, seed, *, crop_size: Tuple[int, int],
-            label_pad_value: int, min_resize_value: Size = None,
-            max_resize_value: Size = None, min_scale_factor: float = 1.0,
-            max_scale_factor: float = 1.0, scale_factor_step: float = 0.0,
-            autoaugment_policy: Optional[str] = None,
-            random_flip: bool = True, resize_factor: Optional[int] = None):
-  """The training chain; returns a crop-sized (image, label)."""
+            label_pad_value: int, min_resize_value: Size,
+            max_resize_value: Size, resize_factor: Optional[int],
+            min_scale_factor: float, max_scale_factor: float,
+            scale_factor_step: float, autoaugment_policy: Optional[str],
+            random_flip: bool):
+  """The training chain; returns a crop-sized (image, label).
+
+  The options are those of `input_pipeline.PipelineOptions`, where their
+  defaults are.
+  """
   seeds = tf.random.experimental.stateless_split(seed, 4)
   image, label = resize_to_range(image, label, min_resize_value,
                                  max_resize_value, resize_factor)
@@ -216,9 +220,8 @@ def eval_resize_and_pad(image, label, *, crop_size: Tuple[int, int],
 def panoptic_targets(panoptic: tf.Tensor, *, num_classes: int,
                      ignore_label: int, label_divisor: int,
                      class_has_instances: Sequence[bool], max_thing_id: int,
-                     small_instance_area: int = 0,
-                     small_instance_weight: float = 1.0
-                     ) -> Dict[str, tf.Tensor]:
+                     small_instance_area: int,
+                     small_instance_weight: float) -> Dict[str, tf.Tensor]:
   """Training targets of one panoptic map [H, W] (DeepLab2 conventions).
 
   Crowd regions (thing class with instance 0) keep their semantic class but

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab2_kmax.data import copy_paste
+from deeplab2_kmax.data import input_pipeline
 
 DIVISOR = 256
 VOID = 0
@@ -13,6 +14,11 @@ THINGS = (3, 4)
 STUFF = (1, 2)
 KWARGS = dict(label_divisor=DIVISOR, ignore_label=VOID, thing_class_ids=THINGS,
               stuff_class_ids=STUFF, padding_id=PADDING)
+# The pipeline's default options (DeepLab2's kMaX recipe).
+_DEFAULTS = input_pipeline.PipelineOptions(batch_size=1, crop_size=(1, 1))
+OPTIONS = dict(thing_option=_DEFAULTS.copy_paste_thing_option,
+               stuff_option=_DEFAULTS.copy_paste_stuff_option,
+               void_option=_DEFAULTS.copy_paste_void_option)
 
 
 def _random_panoptic(rng, shape, with_padding):
@@ -32,11 +38,11 @@ def _run(seed):
   source_image = rng.uniform(0, 255, (32, 32, 3)).astype(np.float32)
   tf_seed = tf.constant([seed, 9], tf.int64)
   mask = copy_paste.paste_mask(tf.constant(source_label[..., None]), tf_seed,
-                               **KWARGS).numpy()[..., 0]
+                               **KWARGS, **OPTIONS).numpy()[..., 0]
   out_image, out_label = copy_paste.paste(
       tf.constant(image), tf.constant(label[..., None]),
       tf.constant(source_image), tf.constant(source_label[..., None]),
-      tf_seed, **KWARGS)
+      tf_seed, **KWARGS, **OPTIONS)
   return (label, source_label, image, source_image, mask,
           out_image.numpy(), out_label.numpy()[..., 0])
 
@@ -89,7 +95,7 @@ def test_instance_ids_at_half_divisor_are_rejected():
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match="label_divisor // 2"):
     copy_paste.paste(tf.zeros([4, 4, 3]), label, tf.zeros([4, 4, 3]), label,
-                     tf.constant([0, 0], tf.int64), **KWARGS)
+                     tf.constant([0, 0], tf.int64), **KWARGS, **OPTIONS)
 
 
 def test_options_select_groups():
@@ -110,5 +116,5 @@ def test_options_select_groups():
 def test_unknown_option_is_named():
   with pytest.raises(ValueError, match="stuff option"):
     copy_paste.paste_mask(tf.zeros([2, 2, 1], tf.int32),
-                          tf.constant([0, 0], tf.int64), stuff_option="some",
-                          **KWARGS)
+                          tf.constant([0, 0], tf.int64),
+                          **KWARGS, **dict(OPTIONS, stuff_option="some"))

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab2_kmax import common
+from deeplab2_kmax.data import input_pipeline
 from deeplab2_kmax.data import preprocessing
 
 VOID = 0
@@ -27,10 +28,19 @@ def _label_from_colour(image):
   return block * 7
 
 
+# The pipeline's defaults: no resizing, scale 1, no colour policy, flips.
+_DEFAULTS = input_pipeline.PipelineOptions(batch_size=1, crop_size=(1, 1))
+_AUGMENT_OPTIONS = ("min_resize_value", "max_resize_value", "resize_factor",
+                    "min_scale_factor", "max_scale_factor",
+                    "scale_factor_step", "autoaugment_policy", "random_flip")
+
+
 def _run_augment(image, label, seed, **kwargs):
+  options = {name: getattr(_DEFAULTS, name) for name in _AUGMENT_OPTIONS}
   out_image, out_label = preprocessing.augment(
       tf.constant(image), tf.constant(label[..., None]),
-      tf.constant([seed, 0], tf.int64), label_pad_value=VOID, **kwargs)
+      tf.constant([seed, 0], tf.int64), label_pad_value=VOID,
+      **dict(options, **kwargs))
   return out_image.numpy(), out_label.numpy()[..., 0]
 
 
@@ -181,7 +191,8 @@ def test_panoptic_targets_reject_too_many_things():
   with pytest.raises(tf.errors.InvalidArgumentError, match="max_thing_id"):
     preprocessing.panoptic_targets(
         panoptic, num_classes=4, ignore_label=0, label_divisor=100,
-        class_has_instances=(False, False, False, True), max_thing_id=2)
+        class_has_instances=(False, False, False, True), max_thing_id=2,
+        small_instance_area=0, small_instance_weight=1.0)
 
 
 def test_eval_shrinks_large_images_to_fit_the_crop():
