@@ -5,6 +5,7 @@ after MaX-DeepLab / DeepLab2): samples go through `preprocessing.augment`
 (resize, random scale, colour augmentation, crop/pad, flip), optionally
 panoptic copy-paste with another sample of the stream, then
 `preprocessing.panoptic_targets`.
+
 Evaluation samples are only resized/padded to the crop and also carry the
 unaugmented panoptic map at the original size (`GT_PANOPTIC_RAW`, padded per
 batch with the void id), the original size (`GT_SIZE_RAW`) and the size after
