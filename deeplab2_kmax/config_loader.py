@@ -25,6 +25,7 @@ from google.protobuf import text_format
 from deeplab2_kmax import config_text
 from deeplab2_kmax import model_options
 from deeplab2_kmax.data import dataset_registry
+from deeplab2_kmax.losses import matching_registry
 from deeplab2_kmax.model.pixel_encoders import spec as encoder_spec
 from deeplab2_kmax.protos import config_pb2
 
@@ -32,7 +33,6 @@ from deeplab2_kmax.protos import config_pb2
 OPTIMIZERS = ("adamw",)
 LEARNING_POLICIES = ("poly",)
 MIXED_PRECISION = ("float32", "mixed_bfloat16", "mixed_float16")
-MATCHING = ("auto", "scipy", "tensorflow")
 METRICS = ("panoptic_quality", "coco_ap", "mean_iou")
 COPY_PASTE_OPTIONS = ("all", "random", "none")
 RAW_PANOPTIC_FORMATS = ("two_channel_png", "three_channel_png",
@@ -253,7 +253,8 @@ def _check_trainer(c: _Checker, trainer, batch_size: int):
             "at the first non-finite step)")
   c.one_of(trainer.mixed_precision, MIXED_PRECISION,
            "trainer_options.mixed_precision")
-  c.one_of(trainer.loss_options.matching_implementation, MATCHING,
+  c.one_of(trainer.loss_options.matching_implementation,
+           tuple(matching_registry.MATCHING_IMPLEMENTATIONS),
            "trainer_options.loss_options.matching_implementation")
   _check_losses(c, trainer.loss_options)
 
