@@ -69,6 +69,11 @@ class KMaXDeepLab(tf_keras.Model):
       self.semantic_branch = semantic.SemanticBranch(
           spec.semantic, spec.num_classes, bn_layer=bn_layer)
 
+  def get_config(self):
+    """The flat keywords of the spec (JSON-serialisable; `from_config`
+    rebuilds the model from them)."""
+    return dict(model_spec.to_flat(self.spec), name=self.name)
+
   @property
   def num_classes(self) -> int:
     return self.spec.num_classes

@@ -258,3 +258,22 @@ def test_python_and_config_models_read_the_same_semantic_endpoint(
 
   assert endpoints(from_config) == endpoints(in_python)
   assert endpoints(in_python)[0] == "stage5"
+
+
+def test_the_model_config_is_its_spec():
+  from deeplab2_kmax.model import kmax_deeplab  # pylint: disable=g-import-not-at-top
+  model = kmax_deeplab.KMaXDeepLab(num_classes=3, num_mask_slots=8,
+                                   transformer_num_heads=4,
+                                   use_semantic_branch=False)
+  rebuilt = kmax_deeplab.KMaXDeepLab.from_config(model.get_config())
+  assert rebuilt.spec == model.spec and rebuilt.semantic_branch is None
+
+
+def test_config_loader_stays_small():
+  source = (REPO / "deeplab2_kmax" / "config_loader.py").read_text(
+      encoding="utf-8")
+  assert len(source.splitlines()) < 400
+  (validate,) = [node for node in ast.parse(source).body
+                 if isinstance(node, ast.FunctionDef)
+                 and node.name == "validate"]
+  assert validate.end_lineno - validate.lineno + 1 < 80
