@@ -155,19 +155,21 @@ def _transformer_decoder(builder: _Builder, config):
 
 
 def _semantic(builder: _Builder, config, dataset_num_classes: Optional[int]):
-  if not config.trainer_options.loss_options.HasField("semantic_loss"):
-    return None
   max_deeplab = config.model_options.max_deeplab
   head = max_deeplab.auxiliary_semantic_head
-  derived = {}
+  # A set head size must fit the dataset even when no loss reads the head.
   if head.HasField("output_channels"):
-    derived["num_classes"] = head.output_channels
     builder.require(
         dataset_num_classes is None or
         head.output_channels == dataset_num_classes,
         f"{_MAX_DEEPLAB}.auxiliary_semantic_head.output_channels",
         f"{head.output_channels} differs from the dataset's "
         f"{dataset_num_classes} classes")
+  if not config.trainer_options.loss_options.HasField("semantic_loss"):
+    return None
+  derived = {}
+  if head.HasField("output_channels"):
+    derived["num_classes"] = head.output_channels
   elif dataset_num_classes is not None:
     derived["num_classes"] = dataset_num_classes
   low_level = max_deeplab.auxiliary_low_level
