@@ -13,8 +13,9 @@ evaluator's `undo_preprocessing.to_original_size`:
   instance_scores (max mask probability), semantic_scores (class confidence
     of the pasted slot): float32 [1, H, W]
   (the keys and meanings of DeepLab2's kMaX-DeepLab SavedModel)
-  cluster_assignments: int32 [1, L, h, w], the argmax over cluster centres of
-    each kMaX layer at the feature resolution (paper Fig. 4)
+  cluster_assignments: int32 [1, L, h, w], the cluster assignment each kMaX
+    layer used (its k-means argmax, paper Eq. 5, at the layer's own
+    resolution, nearest-resized to the feature resolution; paper Fig. 4)
   (+ pixel_space_mask_logits / transformer_class_logits with
   include_raw_logits). With `batch_signature`, `serving_batch(images: uint8
   [B, H, W, 3])` does the same for a batch of equal-size images.
@@ -29,6 +30,7 @@ import tensorflow as tf
 from deeplab2_kmax import builders
 from deeplab2_kmax import common
 from deeplab2_kmax.data import preprocessing
+from deeplab2_kmax.model import kmax_deeplab
 from deeplab2_kmax.post_processing import undo_preprocessing
 
 
@@ -54,10 +56,9 @@ class _ServingModule(tf.Module):
   def _core_fn(self, images):
     outputs = self.model(images, training=False, return_auxiliary=True)
     results = self._post_processor(outputs, self._crop)
-    assignments = [tf.argmax(aux[common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY],
-                             axis=-1, output_type=tf.int32)
-                   for aux in outputs[common.PRED_AUXILIARY_OUTPUTS]]
-    results["cluster_assignments"] = tf.stack(assignments, axis=1)
+    results["cluster_assignments"] = tf.stack(
+        [aux[kmax_deeplab.ASSIGNMENT_KEY]
+         for aux in outputs[common.PRED_AUXILIARY_OUTPUTS]], axis=1)
     if self._include_raw:
       for key in (common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY,
                   common.PRED_TRANSFORMER_CLASS_LOGITS_KEY):

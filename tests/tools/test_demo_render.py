@@ -14,6 +14,7 @@ from deeplab2_kmax import builders  # pylint: disable=g-import-not-at-top,wrong-
 from deeplab2_kmax import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deeplab2_kmax import visualization  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deeplab2_kmax.data import dataset_registry  # pylint: disable=g-import-not-at-top,wrong-import-position
+from deeplab2_kmax.model import kmax_deeplab  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deeplab2_kmax.tools import demo  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deeplab2_kmax.trainer import export_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -37,10 +38,12 @@ def test_cluster_panels_are_the_argmax_of_each_layer(tmp_path):
   auxiliary = outputs[common.PRED_AUXILIARY_OUTPUTS]
   assert len(auxiliary) == model.num_kmax_layers
   palette = visualization.cluster_palette(8)
+  # The assignment each layer used (its own k-means argmax), not one
+  # recomputed from the resized mask logits.
   panels = [image] + [
       visualization.resize_nearest(
-          palette[np.argmax(aux[common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY][0], -1)],
-          (64, 64)) for aux in auxiliary]
+          palette[aux[kmax_deeplab.ASSIGNMENT_KEY][0].numpy()], (64, 64))
+      for aux in auxiliary]
   expected = visualization.hstack_panels(panels)
   written = np.asarray(Image.open(paths[1]).convert("RGB"))
   np.testing.assert_array_equal(written, expected)
