@@ -1,4 +1,4 @@
-"""Panoptic quality (PQ = SQ x RQ) with panopticapi's rules (SPEC §7).
+"""Panoptic quality (PQ = SQ x RQ, Kirillov et al.) with panopticapi's rules.
 
 One core serves the streaming metric (`PanopticQuality`, DeepLab2-encoded
 maps, used by the trainer) and the offline evaluator of COCO-panoptic files

@@ -1,4 +1,4 @@
-r"""Exports a SavedModel (SPEC §8), an ONNX or a TFLite model.
+r"""Exports a SavedModel (DeepLab2's signature), an ONNX or a TFLite model.
 
   python -m deeplab2_kmax.trainer.export_model --config_file=F \
       --checkpoint_path=C --output_path=O [--format=saved_model|onnx|tflite] \

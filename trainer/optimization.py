@@ -1,4 +1,4 @@
-"""Optimisation (SPEC §6): AdamW, linear warm-up then poly decay, backbone LR.
+"""Optimisation (paper Sec. 4.1): AdamW, warm-up then poly decay, backbone LR.
 
 As DeepLab2's trainer:
 * the learning rate rises linearly to the full base rate,

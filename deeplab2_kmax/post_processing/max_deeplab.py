@@ -1,4 +1,4 @@
-"""Mask-wise merging post-processing (SPEC §4; as MaskFormer / CMT-DeepLab).
+"""Mask-wise merging (paper Sec. 4.1, as in MaskFormer / CMT-DeepLab).
 
 Static shapes and TensorFlow ops only, so it runs inside `tf.function`, XLA
 and a SavedModel. Per image:

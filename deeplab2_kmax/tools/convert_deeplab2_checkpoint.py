@@ -1,4 +1,4 @@
-"""Converts an official DeepLab2 kMaX-DeepLab checkpoint (SPEC §9).
+"""Converts an official DeepLab2 kMaX-DeepLab checkpoint to this library.
 
   python -m deeplab2_kmax.tools.convert_deeplab2_checkpoint \
       --config_file=configs/coco/kmax_r50_os32.textproto \

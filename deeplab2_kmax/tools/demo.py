@@ -3,8 +3,9 @@ r"""The newcomer demo: synthetic data -> train -> evaluate -> export -> render.
   python -m deeplab2_kmax.tools.demo --output_dir=demo_output
 
 Runs the whole library on a laptop CPU in minutes, with the same code path as
-the paper models (SPEC §1):
-  1. builds the synthetic panoptic dataset (SPEC §5) into OUTPUT/data;
+the paper models (Sec. 4.1):
+  1. builds the synthetic panoptic dataset (`data/build_synthetic_data`)
+     into OUTPUT/data;
   2. trains the small kMaX-DeepLab of configs/synthetic/ into OUTPUT/model
      (a second run resumes from the last checkpoint);
   3. evaluates PQ / AP / mIoU on the held-out split;

@@ -1,4 +1,4 @@
-r"""Parameters and FLOPs of a config's model (SPEC §2.5).
+r"""Parameters and FLOPs of a config's model (paper Tables 1 and 2).
 
   python -m deeplab2_kmax.tools.model_summary --config_file=CONFIG \
       [--crop_size=H,W] [--define NAME=VALUE ...]
