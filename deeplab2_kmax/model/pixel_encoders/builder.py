@@ -21,6 +21,7 @@ from deeplab2_kmax.model.layers import convolutions
 from deeplab2_kmax.model.layers import spec as layer_spec
 from deeplab2_kmax.model.pixel_encoders import axial_resnet
 from deeplab2_kmax.model.pixel_encoders import convnext
+from deeplab2_kmax.model.pixel_encoders import plain
 from deeplab2_kmax.model.pixel_encoders import spec
 
 ENCODER_NAMES = tuple(sorted(spec.ENCODERS))
@@ -36,10 +37,16 @@ def _build_convnext(variant, encoder, bn_layer, recompute, name):
   return convnext.ConvNeXt(variant, encoder, recompute=recompute, name=name)
 
 
+def _build_plain(variant, encoder, bn_layer, recompute, name):
+  del recompute  # No residual blocks to wrap.
+  return plain.PlainEncoder(variant, encoder, bn_layer=bn_layer, name=name)
+
+
 # Variant family -> builder(variant, spec, bn_layer, recompute, name).
 FAMILIES = {
     spec.ResNetVariant: _build_resnet,
     spec.ConvNeXtVariant: _build_convnext,
+    spec.PlainVariant: _build_plain,
 }
 
 

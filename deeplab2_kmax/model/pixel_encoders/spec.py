@@ -32,7 +32,15 @@ class ConvNeXtVariant:
   widths: Sequence[int]
 
 
-EncoderVariant = Union[ResNetVariant, ConvNeXtVariant]
+@dataclasses.dataclass(frozen=True)
+class PlainVariant:
+  """A plain VGG-style encoder (`plain.py`): not a paper backbone; for
+  small images, where the paper's strided stems lose small shapes."""
+  convs_per_stage: Sequence[int]  # Stages 1..5.
+  widths: Sequence[int]
+
+
+EncoderVariant = Union[ResNetVariant, ConvNeXtVariant, PlainVariant]
 
 ENCODERS = {
     "resnet50": ResNetVariant("resnet", "relu", (3, 4, 6, 3), 0),
@@ -41,6 +49,8 @@ ENCODERS = {
     "convnext_small": ConvNeXtVariant((3, 3, 27, 3), (96, 192, 384, 768)),
     "convnext_base": ConvNeXtVariant((3, 3, 27, 3), (128, 256, 512, 1024)),
     "convnext_large": ConvNeXtVariant((3, 3, 27, 3), (192, 384, 768, 1536)),
+    # The CPU demo's encoder (docs/demo.md).
+    "plain_cnn": PlainVariant((2, 2, 2, 2, 2), (32, 64, 128, 256, 256)),
 }
 
 # 'linear': the keep probability falls with depth from 1 to
@@ -92,6 +102,11 @@ class PixelEncoderSpec:
     checks.require(blocks is None or (len(blocks) == 4 and min(blocks) >= 1),
                    "blocks_per_stage",
                    f"needs 4 counts >= 1, got {list(blocks or ())}")
+    checks.require(
+        not isinstance(ENCODERS.get(self.name), PlainVariant) or
+        self.drop_path_keep_prob == 1.0, "drop_path_keep_prob",
+        f"{self.name} has no residual blocks to drop; got "
+        f"{self.drop_path_keep_prob}")
     checks.raise_if_any()
 
   @property
