@@ -3,6 +3,10 @@ r"""One benchmark table for this machine (SPEC §10). Never run by the tests.
   python -m benchmarks.run [--suite=inference,train,matching,eval,data] \
       [--config_file=configs/coco/kmax_r50_os32.textproto] [--crop_size=641,641]
 
+`--suite=precision` times float32 against bfloat16 inference (the R50 model
+at --crop_size and the synthetic demo model at its eval crop) and adds the
+machine's bf16 matmul rate and CPU flags.
+
 The first row is this machine's fp32 matmul rate measured in the same run, so
 every other row reads as a fraction of the machine's limit. Each row is the
 median over repeats after warm-up, with its spread.
@@ -15,7 +19,7 @@ import time
 
 from benchmarks import harness
 
-_SUITES = ("inference", "train", "matching", "eval", "data")
+_SUITES = ("inference", "train", "matching", "eval", "data", "precision")
 _COLUMNS = ["suite", "case", "median", "spread", "throughput", "GFLOP/s",
             "of matmul"]
 
@@ -88,6 +92,60 @@ def inference_suite(args, roof):
                                sync=lambda r: r["panoptic_pred"].numpy())
     rows.append(_row("inference", f"SavedModel {height}x{width}", timing,
                      f"{1 / timing.median_s:.2f} img/s", flops, roof))
+  return rows
+
+
+def precision_suite(args, roof):
+  """Forward + post-processing, batch 1: float32 against bfloat16.
+
+  The bfloat16 model is built as the evaluator and the export build it
+  (`precision.build_model`, outputs cast to float32 before the merging),
+  with the float32 model's weights; the two are timed alternately. The
+  weights are random, so the agreement printed says the two paths run the
+  same merging, not how well a trained model agrees (the tests check that).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from deeplab2_kmax import builders  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax import precision  # pylint: disable=g-import-not-at-top
+
+  flags = sorted(precision.cpu_flags() & {
+      "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni"})
+  bf16 = harness.matmul_gflops(dtype="bfloat16")
+  rows = [{"suite": "machine", "case": "bf16 matmul 4096^3",
+           "GFLOP/s": f"{bf16:.1f}", "of matmul": f"{100 * bf16 / roof:.0f}%",
+           "throughput": " ".join(flags) or "no bf16 flags"}]
+  ran = precision.resolve("bfloat16", "--suite=precision")
+  cases = [("R50 COCO", args.config_file, args.crop_size),
+           ("synthetic demo", args.demo_config, None)]
+  for name, config_file, crop in cases:
+    config = _load(config_file, crop, {"DATA_DIR": "/nonexistent"})
+    crop = tuple(config.eval_dataset_options.crop_size)
+    post_processor = builders.build_post_processor(config)
+    models = {p: precision.build_model(config, crop, p)
+              for p in ("float32", ran)}
+    for target, source in zip(models[ran].variables,
+                              models["float32"].variables):
+      target.assign(source)
+    image = tf.constant(np.random.RandomState(0).uniform(
+        0, 255, [1, *crop, 3]).astype(np.float32))
+    fns = {p: tf.function(lambda x, m=m: post_processor(
+        precision.outputs_to_float32(m(x, training=False)), crop))
+           for p, m in models.items()}
+    timings = harness.time_alternating(
+        {p: (lambda fn=fn: fn(image)) for p, fn in fns.items()},
+        warmup=2, repeats=args.repeats,
+        sync=lambda r: r["panoptic_pred"].numpy())
+    agree = np.mean(fns["float32"](image)["panoptic_pred"].numpy() ==
+                    fns[ran](image)["panoptic_pred"].numpy())
+    for p, timing in timings.items():
+      case = f"{name} {crop[0]}x{crop[1]} {p}"
+      if p != "float32":
+        case += (f" ({timings['float32'].median_s / timing.median_s:.2f}x "
+                 f"float32; random weights, {100 * agree:.1f}% px agree)")
+      rows.append(_row("precision", case, timing,
+                       f"{1 / timing.median_s:.2f} img/s"))
   return rows
 
 

@@ -24,6 +24,7 @@ from google.protobuf import text_format
 
 from deeplab2_kmax import config_text
 from deeplab2_kmax import model_options
+from deeplab2_kmax import precision
 from deeplab2_kmax.data import dataset_registry
 from deeplab2_kmax.losses import matching_registry
 from deeplab2_kmax.model.pixel_encoders import spec as encoder_spec
@@ -295,6 +296,8 @@ def _check_evaluator(c: _Checker, evaluator):
               f"{getattr(evaluator, name)} must be >= 0")
   for metric in evaluator.metrics:
     c.one_of(metric, METRICS, "evaluator_options.metrics")
+  c.one_of(evaluator.precision, precision.PRECISIONS,
+           "evaluator_options.precision")
 
 
 def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
@@ -324,6 +327,8 @@ def validate(config: config_pb2.ExperimentOptions, path: str = "<config>"):
   for size in config.export_options.crop_size:
     c.require(_supported_size(size), "export_options.crop_size",
               f"{size} is not supported: use 32k+1 or a multiple of 32")
+  c.one_of(config.export_options.precision, precision.PRECISIONS,
+           "export_options.precision")
 
   if c.problems:
     details = "\n  ".join(c.problems)

@@ -15,16 +15,25 @@ Saved predictions are the same original-size maps: with `save_predictions`
 the whole split in the official format and `num_vis_samples` visualisations
 (`visualization.prediction_strip`) per evaluation, with
 `save_raw_predictions` DeepLab2's raw files (`raw_predictions`).
+
+`evaluator_options.precision: 'bfloat16'` evaluates a copy of the model
+built under Keras' mixed_bfloat16 policy (`precision`), its variables
+refreshed from the model at each evaluation (a model already computing in
+bfloat16 is used as it is); the outputs are cast to float32 before the
+merging. Where bfloat16 is not native, a warning says so and float32 runs;
+`KMaXEvaluator.precision` is the precision that ran.
 """
 
 import os
 from typing import Dict
 
+from absl import logging
 import numpy as np
 import orbit
 import tensorflow as tf
 
 from deeplab2_kmax import common
+from deeplab2_kmax import precision as precision_lib
 from deeplab2_kmax import visualization
 from deeplab2_kmax.evaluation import coco_instance_ap
 from deeplab2_kmax.evaluation import mean_iou
@@ -45,6 +54,9 @@ class KMaXEvaluator(orbit.StandardEvaluator):
   def __init__(self, config, model, post_processor, dataset, strategy,
                dataset_info, model_dir: str = None, global_step=None):
     self._model = model
+    self._inference_model = _inference_model(config, model, strategy)
+    self.precision = precision_lib.model_precision(self._inference_model)
+    logging.info("Evaluating in %s", self.precision)
     self._post_processor = post_processor
     self._strategy = strategy
     self._info = dataset_info
@@ -72,11 +84,17 @@ class KMaXEvaluator(orbit.StandardEvaluator):
         use_tf_function=True))
 
   def _predict_fn(self, images):
-    outputs = self._model(images, training=False)
+    # The merging runs in float32 whatever the model computes in.
+    outputs = precision_lib.outputs_to_float32(
+        self._inference_model(images, training=False))
     predictions = self._post_processor(outputs, self._crop)
     return {key: predictions[key] for key in _MAPS}
 
   def eval_begin(self):
+    if self._inference_model is not self._model:  # The weights evaluated.
+      for target, source in zip(self._inference_model.variables,
+                                self._model.variables):
+        target.assign(source)
     info = self._info
     self._pq = panoptic_quality.PanopticQuality(
         info.num_classes, info.ignore_label, info.panoptic_label_divisor,
@@ -200,3 +218,26 @@ class KMaXEvaluator(orbit.StandardEvaluator):
       ap = self._ap.result()
       results.update(ap if self._detailed_ap else {"AP_Mask": ap["AP_Mask"]})
     return {k: np.float32(v) for k, v in results.items()}
+
+
+def _inference_model(config, model, strategy):
+  """The model evaluation runs: `model`, or its copy in the asked precision.
+
+  The copy is built (under `strategy`) only for `evaluator_options.precision`
+  'bfloat16', where it runs natively, on a model computing in another
+  precision; 'float32' evaluates `model` as it is.
+  """
+  options = config.evaluator_options
+  wanted = precision_lib.resolve(options.precision,
+                                 "evaluator_options.precision")
+  if (wanted == precision_lib.FLOAT32 or
+      precision_lib.model_precision(model) == wanted):
+    return model
+  with strategy.scope():
+    copy = precision_lib.build_model(
+        config, config.eval_dataset_options.crop_size, wanted)
+  shapes = [v.shape for v in copy.variables]
+  if shapes != [v.shape for v in model.variables]:
+    raise ValueError("evaluator_options.precision: the bfloat16 copy of the "
+                     "model has other variables than the model evaluated")
+  return copy

@@ -43,6 +43,7 @@ import tensorflow as tf
 
 from deeplab2_kmax import builders
 from deeplab2_kmax import common
+from deeplab2_kmax import precision
 from deeplab2_kmax.data import preprocessing
 from deeplab2_kmax.post_processing import max_deeplab
 from deeplab2_kmax.post_processing import undo_preprocessing
@@ -236,8 +237,12 @@ def export(config, checkpoint_path: str, output_path: str,
   """Builds the model at the export crop, restores it, exports as `fmt`."""
   _check_format(fmt)
   export_lib.check_output_path(output_path)
-  return export_from_model(export_lib.restore_model(config, checkpoint_path),
-                           config, output_path, fmt)
+  # ONNX and TFLite exports are float32 (export_options.precision is the
+  # SavedModel's).
+  model = export_lib.restore_model(
+      config, checkpoint_path,
+      None if fmt == "saved_model" else precision.FLOAT32)
+  return export_from_model(model, config, output_path, fmt)
 
 
 def _check_format(fmt: str) -> None:

@@ -19,16 +19,22 @@ evaluator's `undo_preprocessing.to_original_size`:
   (+ pixel_space_mask_logits / transformer_class_logits with
   include_raw_logits). With `batch_signature`, `serving_batch(images: uint8
   [B, H, W, 3])` does the same for a batch of equal-size images.
+With `export_options.precision: 'bfloat16'` the model computes in bfloat16
+(`precision`); its outputs are cast to float32 inside the graph before the
+merging, so the signatures are the same; the module records the precision
+that ran in its `precision` variable.
 The SavedModel loads with plain `tf.saved_model.load` (no library import).
 """
 
 import os
+from typing import Optional
 
 from absl import logging
 import tensorflow as tf
 
 from deeplab2_kmax import builders
 from deeplab2_kmax import common
+from deeplab2_kmax import precision as precision_lib
 from deeplab2_kmax.data import preprocessing
 from deeplab2_kmax.model import kmax_deeplab
 from deeplab2_kmax.post_processing import undo_preprocessing
@@ -42,7 +48,8 @@ class _ServingModule(tf.Module):
   """The exported object: model + post-processing + resize logic."""
 
   def __init__(self, model, post_processor, crop_size, resize_bounds,
-               dataset_name, include_raw_logits, jit_compile):
+               dataset_name, include_raw_logits, jit_compile,
+               precision=precision_lib.FLOAT32):
     super().__init__()
     self.model = model
     self._post_processor = post_processor
@@ -51,10 +58,13 @@ class _ServingModule(tf.Module):
     self._include_raw = include_raw_logits
     self.dataset_name = tf.Variable(dataset_name, trainable=False)
     self.num_mask_slots = tf.Variable(model.num_mask_slots, trainable=False)
+    self.precision = tf.Variable(precision, trainable=False)
     self._core = tf.function(self._core_fn, jit_compile=jit_compile)
 
   def _core_fn(self, images):
-    outputs = self.model(images, training=False, return_auxiliary=True)
+    # The merging and every returned tensor in float32 (bfloat16 models).
+    outputs = precision_lib.outputs_to_float32(
+        self.model(images, training=False, return_auxiliary=True))
     results = self._post_processor(outputs, self._crop)
     results["cluster_assignments"] = tf.stack(
         [aux[kmax_deeplab.ASSIGNMENT_KEY]
@@ -161,7 +171,7 @@ def serving_module(model, config) -> tf.Module:
       model, builders.build_post_processor(config), crop,
       resize_options(config.eval_dataset_options, crop),
       builders.dataset_info(config).name, options.include_raw_logits,
-      options.jit_compile)
+      options.jit_compile, precision_lib.model_precision(model))
 
 
 def export_from_model(model, config, output_path: str):
@@ -189,14 +199,25 @@ def check_output_path(output_path: str) -> None:
                       "empty; refusing to overwrite it")
 
 
-def restore_model(config, checkpoint_path: str):
-  """The model built at the export crop with the checkpoint's weights."""
+def restore_model(config, checkpoint_path: str,
+                  precision: Optional[str] = None):
+  """The model built at the export crop with the checkpoint's weights.
+
+  Built in `precision` (default: `export_options.precision`, float32 where
+  bfloat16 would be emulated, `precision_lib.resolve`).
+  """
   if not tf.io.gfile.exists(checkpoint_path + ".index"):
     raise ExportError(f"--checkpoint_path {checkpoint_path}: no such "
                       f"checkpoint (expected {checkpoint_path}.index)")
   crop = (tuple(config.export_options.crop_size) or
           tuple(config.eval_dataset_options.crop_size))
-  model = builders.build_model(config, crop_size=crop)
+  try:
+    precision = precision_lib.resolve(
+        precision or config.export_options.precision,
+        "export_options.precision")
+  except precision_lib.PrecisionError as e:
+    raise ExportError(str(e)) from None
+  model = precision_lib.build_model(config, crop, precision)
   tf.train.Checkpoint(model=model).restore(checkpoint_path).expect_partial()
   return model
 

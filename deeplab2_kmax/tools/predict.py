@@ -18,7 +18,11 @@ A video (mp4, avi, mov, mkv, webm, ...) gives out/<name>_overlay.mp4, frame
 by frame; --video_frames adds the per-frame panoptic PNGs and JSON.
 
 The model is a SavedModel (--saved_model) or a config and checkpoint
-(--config_file, --checkpoint_path). Any image size works; grayscale (8 or
+(--config_file, --checkpoint_path). With a config, --precision=bfloat16 runs
+the model in bfloat16 (`precision`; default: the config's
+export_options.precision); where bfloat16 is not native a warning says so and
+float32 runs, and the precision that ran is logged. A SavedModel runs in the
+precision it was exported in. Any image size works; grayscale (8 or
 16 bit), RGBA and palette images are converted to RGB and the EXIF
 orientation is applied (`image_io`).
 """
@@ -38,6 +42,7 @@ import tqdm
 
 from deeplab2_kmax import config_loader
 from deeplab2_kmax import image_io
+from deeplab2_kmax import precision as precision_lib
 from deeplab2_kmax import predictor as predictor_lib
 from deeplab2_kmax import visualization
 
@@ -71,6 +76,11 @@ def _define_flags() -> None:
       "dataset", None, "With --saved_model: dataset whose classes, colours "
       "and label divisor to use (default: the one the SavedModel records, "
       "else coco_panoptic).")
+  flags.DEFINE_enum(
+      "precision", None, precision_lib.PRECISIONS,
+      "With --config_file: inference precision (default: the config's "
+      "export_options.precision); bfloat16 falls back to float32, with a "
+      "warning, where it is not native.")
 
 
 class PredictError(ValueError):
@@ -81,14 +91,34 @@ def load_predictor(saved_model: Optional[str] = None,
                    config_file: Optional[str] = None,
                    checkpoint_path: Optional[str] = None,
                    defines: Optional[dict] = None,
-                   dataset: Optional[str] = None) -> predictor_lib.Predictor:
-  """A Predictor from a SavedModel, or from a config and checkpoint."""
+                   dataset: Optional[str] = None,
+                   precision: Optional[str] = None) -> predictor_lib.Predictor:
+  """A Predictor from a SavedModel, or from a config and checkpoint.
+
+  With a config the model is built in `precision` (default: the config's
+  export_options.precision) as `precision.resolve` decides: float32, with a
+  warning, where bfloat16 is not native. The precision that runs is logged.
+  A SavedModel runs in the precision it was exported in: `precision` is
+  refused with it.
+  """
   try:
     if saved_model:
+      if precision:
+        raise PredictError(
+            "--precision: a SavedModel runs in the precision it was exported "
+            "with (export_options.precision); give it with --config_file")
       return predictor_lib.Predictor.from_saved_model(saved_model, dataset)
-    return predictor_lib.Predictor.from_config(config_file, checkpoint_path,
-                                               defines)
-  except predictor_lib.PredictorError as e:
+    field = "--precision"
+    if not precision:
+      precision = config_loader.load_config(
+          config_file, defines, validate_config=False).export_options.precision
+      field = f"{config_file}: export_options.precision"
+    ran = precision_lib.resolve(precision, field)
+    logging.info("Predicting in %s (asked: %s)", ran, precision)
+    with precision_lib.policy_scope(ran):
+      return predictor_lib.Predictor.from_config(config_file, checkpoint_path,
+                                                 defines)
+  except (predictor_lib.PredictorError, precision_lib.PrecisionError) as e:
     raise PredictError(str(e)) from None
 
 
@@ -334,7 +364,8 @@ def main(argv):
     if FLAGS.image and not os.path.isfile(FLAGS.image):
       raise PredictError(f"{FLAGS.image}: no such image file")
     predictor = load_predictor(FLAGS.saved_model, FLAGS.config_file,
-                               FLAGS.checkpoint_path, defines, FLAGS.dataset)
+                               FLAGS.checkpoint_path, defines, FLAGS.dataset,
+                               FLAGS.precision)
     if FLAGS.image:
       path = run(None, FLAGS.image, FLAGS.output, FLAGS.cluster_panels,
                  predictor=predictor)
