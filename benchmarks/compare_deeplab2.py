@@ -20,7 +20,7 @@ written as a DeepLab2 checkpoint, which DeepLab2 restores and our converter
 train: one subprocess per measurement (clean peak memory): DeepLab2's own
 trainer (its model, loss and AdamW with the backbone multiplier) on a
 synthetic batch, and ours (KMaXTrainer) plain, mixed_bfloat16, gradient
-accumulation 2 and both. A step is one Orbit `train(1)` call.
+accumulation 2, both, recompute of every block and recompute + bfloat16. A step is one Orbit `train(1)` call.
 """
 
 import argparse
@@ -50,9 +50,12 @@ from deeplab2_kmax.tools import convert_deeplab2_checkpoint as convert  # noqa: 
 from deeplab2_kmax.trainer import trainer as our_trainer  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-OUR_CASES = {  # Case: (mixed_precision, gradient_accumulation_steps).
-    "ours": ("", 1), "ours bf16": ("mixed_bfloat16", 1), "ours accum 2": ("", 2),
-    "ours bf16 + accum 2": ("mixed_bfloat16", 2)}
+OUR_CASES = {  # Case: (mixed_precision, gradient_accumulation_steps, recompute).
+    "ours": ("", 1, "none"), "ours bf16": ("mixed_bfloat16", 1, "none"),
+    "ours accum 2": ("", 2, "none"),
+    "ours bf16 + accum 2": ("mixed_bfloat16", 2, "none"),
+    "ours recompute": ("", 1, "blocks"),
+    "ours recompute + bf16": ("mixed_bfloat16", 1, "blocks")}
 
 
 def _import_deeplab2(root):
@@ -254,8 +257,9 @@ def _deeplab2_trainer(args, crop, batch):
 
 def _our_trainer(args, crop, batch, case, workdir):
   """KMaXTrainer built as trainer/train_lib.py builds it."""
-  policy, accumulation = OUR_CASES[case]
+  policy, accumulation, recompute = OUR_CASES[case]
   _, config = _configs(args, crop)
+  config.trainer_options.recompute = recompute
   config.train_dataset_options.batch_size = args.batch_size
   config.trainer_options.mixed_precision = policy
   config.trainer_options.gradient_accumulation_steps = accumulation

@@ -48,7 +48,17 @@ def setup(tmp_path_factory):
   data_dir = utils.tiny_data(str(tmp_path_factory.mktemp("data")))
   config = _config(data_dir, 1)
   tf_keras.utils.set_random_seed(0)
-  model = builders.build_model(config)
+  # The ASPP's dropout draws its mask per call shape: switched off, so that
+  # each image's gradient is the same whether its batch is whole or split.
+  dropout_init = tf_keras.layers.Dropout.__init__
+  patch = pytest.MonkeyPatch()
+  patch.setattr(tf_keras.layers.Dropout, "__init__",
+                lambda self, rate, *a, **k: dropout_init(self, 0.0, *a, **k))
+  # Built at its crop so that every variable (the semantic branch's too)
+  # exists before the trainer lists what it optimises.
+  model = builders.build_model(
+      config, crop_size=tuple(config.train_dataset_options.crop_size))
+  patch.undo()
   batch = next(iter(builders.build_dataset(config, training=True, seed=0)))
   model(batch["image"], training=False)
   for layer in model.submodules:
@@ -76,6 +86,10 @@ def test_two_micro_batches_equal_one_batch(setup):
                                losses[name].numpy(), rtol=1e-5, atol=1e-6,
                                err_msg=name)
   assert len(gradients) == len(split_gradients)
+  variables = whole._rest_vars + whole._backbone_vars  # pylint: disable=protected-access
+  assert len(variables) == len(gradients)
+  semantic = [g for g, v in zip(gradients, variables) if "semantic" in v.name]
+  assert semantic and all(g is not None for g in semantic)
   for g, h in zip(gradients, split_gradients):
     assert (g is None) == (h is None)
     if g is not None:
