@@ -21,6 +21,10 @@ import numpy as np
 import pytest
 import trainer_test_utils as utils
 
+# ~80 s of CPU (the step traced per replica and micro-batch): kept out of
+# the default run to hold it under 20 minutes; `pytest -m slow` runs it.
+pytestmark = pytest.mark.slow
+
 _SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
