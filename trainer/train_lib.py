@@ -96,8 +96,18 @@ def _restore_initial_checkpoint(config, model):
   weights = config.model_options.backbone.pretrained_weights
   if weights:
     logging.info("Initialising the backbone from %s", weights)
-    tf.train.Checkpoint(encoder=model.encoder).restore(
-        weights).expect_partial()
+    status = tf.train.Checkpoint(encoder=model.encoder).read(weights)
+    status.expect_partial()
+    try:
+      # Every encoder variable must come from the file: one of another
+      # layout would otherwise leave them at their initial values, silently.
+      status.assert_existing_objects_matched()
+    except AssertionError as e:
+      raise ExperimentError(
+          f"model_options.backbone.pretrained_weights: {weights} does not "
+          "hold this encoder's variables (write it as tf.train.Checkpoint("
+          "encoder=...) of the same backbone, e.g. with trainer."
+          f"pretrain_encoder): {str(e).splitlines()[0][:300]}") from None
 
 
 EXPERIMENT_FILE = "experiment.textproto"
