@@ -3,8 +3,10 @@ r"""k-means vs softmax cross-attention on the synthetic demo (paper Table 5a).
   python -m benchmarks.ablation_cross_attention --output_dir=/tmp/ablation \
       [--seeds=0,1,2] [--training_steps=N] [--doc=docs/ablation_cross_attention.md]
 
-Trains the demo model (configs/synthetic/) once per (cross-attention, seed)
-with the same data, budget and everything else, evaluates PQ on the held-out
+Trains the from-scratch ResNet-50 demo model
+(configs/synthetic/kmax_tiny_r50_os32.textproto, no pretraining, no shipped
+checkpoint) once per (cross-attention, seed) with the same data, budget and
+everything else, evaluates PQ on the held-out
 split, and writes a Markdown table (mean ± std over seeds, and every run) to
 `--doc` with the command that produced it. Each run is a fresh process so
 runs cannot share state. Not a test.
@@ -20,6 +22,9 @@ import sys
 import time
 
 _METRICS = ("PQ", "PQ_Th", "PQ_St", "AP_Mask", "mIoU")
+_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+    "synthetic", "kmax_tiny_r50_os32.textproto")
 
 
 def _run_one(output_dir: str, attention: str, seed: int, steps, data_dir):
@@ -38,7 +43,8 @@ def _run_one(output_dir: str, attention: str, seed: int, steps, data_dir):
       "from deeplab2_kmax.tools import demo\n"
       f"r = demo.run_demo({run_dir!r}, cross_attention={attention!r}, "
       f"random_seed={seed}, training_steps={steps!r}, skip_export=True, "
-      f"data_dir={data_dir!r})\n"
+      f"data_dir={data_dir!r}, config_file={_CONFIG!r}, "
+      "initial_checkpoint=None)\n"
       f"json.dump({{'metrics': {{k: float(v) for k, v in r['metrics'].items()}}, "
       f"'seconds': r['seconds'], 'resumed': {resumed!r}}}, "
       f"open({result_file!r}, 'w'))\n")

@@ -1,7 +1,7 @@
 r"""Where the demo loses its things: segmentation, classification or thresholds.
 
   python -m benchmarks.demo_diagnosis --checkpoint=demo_output/model/ckpt-1500 \
-      [--config=configs/synthetic/kmax_tiny_r50_os32.textproto] [--num_images=96]
+      [--config=configs/synthetic/kmax_tiny_plain_os8.textproto] [--num_images=96]
 
 Runs the checkpoint on the first `--num_images` images of the synthetic
 training and validation splits (regenerated from the data seed, so no
@@ -35,7 +35,7 @@ from deeplab2_kmax import config_loader
 from deeplab2_kmax.data import synthetic
 from deeplab2_kmax.evaluation import panoptic_quality
 
-_DEFAULT_CONFIG = "configs/synthetic/kmax_tiny_r50_os32.textproto"
+_DEFAULT_CONFIG = "configs/synthetic/kmax_tiny_plain_os8.textproto"
 _SWEEP = (0.0, 0.2, 0.3, 0.5, 0.7)
 _BATCH = 8
 

@@ -6,8 +6,10 @@ Runs the whole library on a laptop CPU in minutes, with the same code path as
 the paper models (Sec. 4.1):
   1. builds the synthetic panoptic dataset (`data/build_synthetic_data`)
      into OUTPUT/data;
-  2. trains the small kMaX-DeepLab of configs/synthetic/ into OUTPUT/model
-     (a second run resumes from the last checkpoint);
+  2. trains the small kMaX-DeepLab of configs/synthetic/ into OUTPUT/model,
+     continuing for a few hundred steps from the checkpoint shipped in
+     configs/synthetic/checkpoint/ (a second run resumes from the last
+     checkpoint in OUTPUT/model);
   3. evaluates PQ / AP / mIoU on the held-out split;
   4. exports a SavedModel to OUTPUT/saved_model;
   5. runs the SavedModel on a few validation images and writes, per image,
@@ -15,6 +17,11 @@ the paper models (Sec. 4.1):
      OUTPUT/render/NAME_clusters.png (the pixel-to-cluster assignment of every
      kMaX layer, paper Fig. 4: one colour per cluster centre, one panel per
      decoder layer).
+
+With --from_scratch, step 2 is what made the shipped checkpoint: the encoder
+is pretrained on the training images (`trainer/pretrain_encoder.py`, the
+paper's ImageNet step) into OUTPUT/pretrained_encoder, then the whole model
+trains for the config's steps (about an hour on 2 CPU cores).
 """
 
 import json
@@ -41,7 +48,17 @@ from deeplab2_kmax.trainer import console
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(_REPO_ROOT, "configs", "synthetic",
-                              "kmax_tiny_r50_os32.textproto")
+                              "kmax_tiny_plain_os8.textproto")
+# DEFAULT_CONFIG trained from scratch (`--from_scratch`, docs/demo.md).
+DEFAULT_CHECKPOINT = os.path.join(_REPO_ROOT, "configs", "synthetic",
+                                  "checkpoint", "kmax_demo")
+# Continuing from DEFAULT_CHECKPOINT: a short schedule at the learning rate
+# the checkpoint was trained at when it was written.
+CONTINUE_STEPS = 500
+CONTINUE_LEARNING_RATE = 3e-4
+CONTINUE_WARMUP_STEPS = 50
+# Pretraining steps of the encoder with --from_scratch.
+PRETRAIN_STEPS = 1000
 
 FLAGS = flags.FLAGS
 
@@ -60,7 +77,18 @@ def _define_flags() -> None:
                        "Validation images to render.", lower_bound=0)
   flags.DEFINE_integer(
       "training_steps", None, "Override trainer_options.solver_options."
-      "training_number_of_steps (default: the config's).", lower_bound=1)
+      "training_number_of_steps (default: the config's with --from_scratch, "
+      f"else {CONTINUE_STEPS}).", lower_bound=1)
+  flags.DEFINE_bool(
+      "from_scratch", False,
+      "Pretrain the encoder and train the whole schedule instead of "
+      "continuing from the shipped checkpoint (about an hour on 2 cores).")
+  flags.DEFINE_string(
+      "initial_checkpoint", DEFAULT_CHECKPOINT,
+      "The checkpoint the demo continues from (without --from_scratch).")
+  flags.DEFINE_integer("pretrain_steps", PRETRAIN_STEPS,
+                       "Encoder pretraining steps with --from_scratch.",
+                       lower_bound=0)
   flags.DEFINE_enum(
       "cross_attention", None, ["kmeans", "softmax"],
       "Override the transformer decoder's cross-attention (for the ablation).")
@@ -99,9 +127,28 @@ def prepare_data(data_dir: str, num_train: int, num_val: int, seed: int):
 def load_demo_config(config_file: str, data_dir: str,
                      training_steps: Optional[int] = None,
                      cross_attention: Optional[str] = None,
-                     random_seed: Optional[int] = None):
-  """The demo experiment config with the data folder and overrides filled."""
-  config = config_loader.load_config(config_file, {"DATA_DIR": data_dir})
+                     random_seed: Optional[int] = None,
+                     initial_checkpoint: Optional[str] = None,
+                     pretrained_encoder: str = ""):
+  """The demo experiment config with the data folder and overrides filled.
+
+  With `initial_checkpoint` the model starts from it and trains a short
+  schedule (CONTINUE_*; `training_steps` still overrides its length);
+  `pretrained_encoder` fills ${PRETRAINED_ENCODER}.
+  """
+  config = config_loader.load_config(
+      config_file, {"DATA_DIR": data_dir,
+                    "PRETRAINED_ENCODER": pretrained_encoder})
+  solver = config.trainer_options.solver_options
+  if initial_checkpoint:
+    if not os.path.exists(initial_checkpoint + ".index"):
+      raise DemoError(f"--initial_checkpoint: no checkpoint at "
+                      f"{initial_checkpoint} (.index missing)")
+    config.model_options.initial_checkpoint = initial_checkpoint
+    config.model_options.backbone.pretrained_weights = ""
+    solver.training_number_of_steps = CONTINUE_STEPS
+    solver.base_learning_rate = CONTINUE_LEARNING_RATE
+    solver.warmup_steps = CONTINUE_WARMUP_STEPS
   if training_steps is not None:
     config.trainer_options.solver_options.training_number_of_steps = (
         training_steps)
@@ -172,8 +219,14 @@ def run_demo(output_dir: str, config_file: str = DEFAULT_CONFIG,
              cross_attention: Optional[str] = None,
              random_seed: Optional[int] = None,
              skip_export: bool = False,
-             data_dir: Optional[str] = None) -> Dict[str, object]:
-  """Runs the five demo steps; returns the metrics and the output paths."""
+             data_dir: Optional[str] = None,
+             initial_checkpoint: Optional[str] = DEFAULT_CHECKPOINT,
+             pretrain_steps: int = 0) -> Dict[str, object]:
+  """Runs the five demo steps; returns the metrics and the output paths.
+
+  `initial_checkpoint`: continue from it (None: train from scratch, after
+  `pretrain_steps` of encoder pretraining when positive).
+  """
   # Imported here so that `--help` and flag errors stay instant.
   from deeplab2_kmax.trainer import export_lib  # pylint: disable=g-import-not-at-top
   from deeplab2_kmax.trainer import train_lib  # pylint: disable=g-import-not-at-top
@@ -186,8 +239,13 @@ def run_demo(output_dir: str, config_file: str = DEFAULT_CONFIG,
   render_dir = os.path.join(output_dir, "render")
 
   prepare_data(data_dir, num_train, num_val, seed)
+  pretrained_encoder = ""
+  if not initial_checkpoint and pretrain_steps > 0:
+    pretrained_encoder = _pretrain(config_file, data_dir, output_dir,
+                                   pretrain_steps)
   config = load_demo_config(config_file, data_dir, training_steps,
-                            cross_attention, random_seed)
+                            cross_attention, random_seed, initial_checkpoint,
+                            pretrained_encoder)
   info = dataset_registry.get(config.eval_dataset_options.dataset)
 
   metrics = train_lib.run_experiment(config, model_dir, mode="train_and_eval")
@@ -210,6 +268,21 @@ def run_demo(output_dir: str, config_file: str = DEFAULT_CONFIG,
       config.model_options.max_deeplab.transformer_decoder.num_mask_slots)
   result["seconds"] = time.time() - start
   return result
+
+
+def _pretrain(config_file: str, data_dir: str, output_dir: str,
+              steps: int) -> str:
+  """Pretrains the config's encoder into OUTPUT/pretrained_encoder (once)."""
+  from deeplab2_kmax.trainer import pretrain_encoder  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(output_dir, "pretrained_encoder", "encoder")
+  if os.path.exists(path + ".index"):
+    logging.info("Reusing the pretrained encoder %s", path)
+    return path
+  config = load_demo_config(config_file, data_dir)
+  pretrain_encoder.pretrain(config, path,
+                            pretrain_encoder.PretrainOptions(steps=steps))
+  return path
 
 
 def _summary(result: Dict[str, object]) -> str:
@@ -241,7 +314,10 @@ def main(argv):
     result = run_demo(
         FLAGS.output_dir, FLAGS.config_file, FLAGS.num_train, FLAGS.num_val,
         FLAGS.seed, FLAGS.num_render, FLAGS.training_steps,
-        FLAGS.cross_attention, FLAGS.random_seed, FLAGS.skip_export)
+        FLAGS.cross_attention, FLAGS.random_seed, FLAGS.skip_export,
+        initial_checkpoint=(None if FLAGS.from_scratch
+                            else FLAGS.initial_checkpoint),
+        pretrain_steps=FLAGS.pretrain_steps if FLAGS.from_scratch else 0)
   except (DemoError, config_loader.ConfigError) as e:
     print(f"ERROR: {e}", file=sys.stderr)
     sys.exit(1)
