@@ -124,6 +124,12 @@ def prepare_data(data_dir: str, num_train: int, num_val: int, seed: int):
     json.dump(wanted, f)
 
 
+def _check_checkpoint(path: str) -> None:
+  if not os.path.exists(path + ".index"):
+    raise DemoError(f"--initial_checkpoint: no checkpoint at {path} "
+                    "(.index missing)")
+
+
 def load_demo_config(config_file: str, data_dir: str,
                      training_steps: Optional[int] = None,
                      cross_attention: Optional[str] = None,
@@ -141,9 +147,7 @@ def load_demo_config(config_file: str, data_dir: str,
                     "PRETRAINED_ENCODER": pretrained_encoder})
   solver = config.trainer_options.solver_options
   if initial_checkpoint:
-    if not os.path.exists(initial_checkpoint + ".index"):
-      raise DemoError(f"--initial_checkpoint: no checkpoint at "
-                      f"{initial_checkpoint} (.index missing)")
+    _check_checkpoint(initial_checkpoint)
     config.model_options.initial_checkpoint = initial_checkpoint
     config.model_options.backbone.pretrained_weights = ""
     solver.training_number_of_steps = CONTINUE_STEPS
@@ -238,6 +242,8 @@ def run_demo(output_dir: str, config_file: str = DEFAULT_CONFIG,
   saved_model_dir = os.path.join(output_dir, "saved_model")
   render_dir = os.path.join(output_dir, "render")
 
+  if initial_checkpoint:
+    _check_checkpoint(initial_checkpoint)  # Before minutes of data building.
   prepare_data(data_dir, num_train, num_val, seed)
   pretrained_encoder = ""
   if not initial_checkpoint and pretrain_steps > 0:

@@ -47,5 +47,12 @@ def test_shipped_checkpoint_scores_its_stated_figures():
     assert measured[key] == pytest.approx(stated, abs=1.0), (key, measured)
 
 
+def test_missing_checkpoint_is_named_before_any_data_is_built(tmp_path):
+  with pytest.raises(demo.DemoError, match="--initial_checkpoint"):
+    demo.run_demo(str(tmp_path / "out"),
+                  initial_checkpoint=str(tmp_path / "missing"))
+  assert not (tmp_path / "out").exists()
+
+
 if __name__ == "__main__":
   print(shipped_checkpoint_pq())
