@@ -18,10 +18,11 @@ the paper models (Sec. 4.1):
      kMaX layer, paper Fig. 4: one colour per cluster centre, one panel per
      decoder layer).
 
-With --from_scratch, step 2 is what made the shipped checkpoint: the encoder
-is pretrained on the training images (`trainer/pretrain_encoder.py`, the
+With --from_scratch, step 2 starts without the checkpoint: the encoder is
+pretrained on the training images (`trainer/pretrain_encoder.py`, the
 paper's ImageNet step) into OUTPUT/pretrained_encoder, then the whole model
-trains for the config's steps (about an hour on 2 CPU cores).
+trains for the config's steps (about 50 minutes on 2 CPU cores; docs/demo.md
+compares it with the shipped checkpoint, which had a longer schedule).
 """
 
 import json
@@ -49,7 +50,8 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(_REPO_ROOT, "configs", "synthetic",
                               "kmax_tiny_plain_os8.textproto")
-# DEFAULT_CONFIG trained from scratch (`--from_scratch`, docs/demo.md).
+# DEFAULT_CONFIG trained for 6000 steps from a pretrained encoder (how:
+# docs/demo.md).
 DEFAULT_CHECKPOINT = os.path.join(_REPO_ROOT, "configs", "synthetic",
                                   "checkpoint", "kmax_demo")
 # Continuing from DEFAULT_CHECKPOINT: a short schedule at the learning rate
