@@ -161,16 +161,18 @@ def pretrain(config, output: str, options: PretrainOptions = PretrainOptions()
   dataset = builders.build_dataset(config, training=True, seed=options.seed)
   batch_size = config.train_dataset_options.batch_size
   result = {}
+  # Sums stay tensors between log lines: no host sync per step.
   loss_sum = right = total = 0.0
   window_start = time.time()
   window_steps = 0
   for step, batch in enumerate(dataset.take(options.steps), start=1):
     loss, step_right, step_total = pretrainer.train_step(batch)
-    loss_sum += float(loss)
-    right += float(step_right)
-    total += float(step_total)
+    loss_sum += loss
+    right += step_right
+    total += step_total
     window_steps += 1
     if step % options.log_every == 0 or step == options.steps:
+      loss_sum, right, total = float(loss_sum), float(right), float(total)
       elapsed = time.time() - window_start
       result = {"step": step, "loss": loss_sum / window_steps,
                 "accuracy": right / max(total, 1.0),
@@ -216,7 +218,6 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS.config_file or not FLAGS.output:
     raise app.UsageError("--config_file and --output are required.")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   from deeplab2_kmax.trainer import console  # pylint: disable=g-import-not-at-top
   console.init_devices()
   console.quiet_library_logs()
