@@ -64,8 +64,9 @@ def _run_one(output_dir, attention, seed, args, data_dir, encoder):
   # A run interrupted after a checkpoint resumes; its time is not comparable.
   resumed = os.path.exists(os.path.join(model_dir, "checkpoint"))
   code = (
-      "from absl import flags\n"
+      "from absl import flags, logging\n"
       "flags.FLAGS(['ablation'])\n"
+      "logging.set_verbosity(logging.INFO)  # The trainer's progress lines.\n"
       "from deeplab2_kmax.tools import demo\n"
       "from deeplab2_kmax.trainer import train_lib\n"
       f"config = demo.load_demo_config({args.config!r}, {data_dir!r}, "
