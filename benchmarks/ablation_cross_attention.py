@@ -91,14 +91,9 @@ def _run_one(output_dir, attention, seed, args, data_dir, encoder):
 def _pretrained_encoder(args, output_dir, data_dir):
   if args.pretrained_encoder:
     return os.path.abspath(args.pretrained_encoder)
-  path = os.path.join(output_dir, "pretrained_encoder", "encoder")
-  if not os.path.exists(path + ".index"):
-    from deeplab2_kmax.tools import demo  # pylint: disable=g-import-not-at-top
-    from deeplab2_kmax.trainer import pretrain_encoder  # pylint: disable=g-import-not-at-top
-    pretrain_encoder.pretrain(
-        demo.load_demo_config(args.config, data_dir), path,
-        pretrain_encoder.PretrainOptions(steps=args.pretrain_steps))
-  return path
+  from deeplab2_kmax.tools import demo  # pylint: disable=g-import-not-at-top
+  return demo.pretrain_encoder_once(args.config, data_dir, output_dir,
+                                    args.pretrain_steps)
 
 
 def _mean_std(values):

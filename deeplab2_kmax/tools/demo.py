@@ -249,8 +249,8 @@ def run_demo(output_dir: str, config_file: str = DEFAULT_CONFIG,
   prepare_data(data_dir, num_train, num_val, seed)
   pretrained_encoder = ""
   if not initial_checkpoint and pretrain_steps > 0:
-    pretrained_encoder = _pretrain(config_file, data_dir, output_dir,
-                                   pretrain_steps)
+    pretrained_encoder = pretrain_encoder_once(config_file, data_dir,
+                                               output_dir, pretrain_steps)
   config = load_demo_config(config_file, data_dir, training_steps,
                             cross_attention, random_seed, initial_checkpoint,
                             pretrained_encoder)
@@ -278,8 +278,8 @@ def run_demo(output_dir: str, config_file: str = DEFAULT_CONFIG,
   return result
 
 
-def _pretrain(config_file: str, data_dir: str, output_dir: str,
-              steps: int) -> str:
+def pretrain_encoder_once(config_file: str, data_dir: str, output_dir: str,
+                          steps: int) -> str:
   """Pretrains the config's encoder into OUTPUT/pretrained_encoder (once)."""
   from deeplab2_kmax.trainer import pretrain_encoder  # pylint: disable=g-import-not-at-top
 
