@@ -28,6 +28,7 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab2_kmax.model.layers import checkpoint_keys
+from deeplab2_kmax.model.layers import convolutions
 
 # Largest relative distance with its own embedding; tables have 2*255-1 rows.
 MAX_SPAN = 255
@@ -122,10 +123,34 @@ class AxialAttention(tf_keras.layers.Layer):
       x = tf.signal.frame(x, self._block + 2 * flange, self._block, axis=1)
     return tf.reshape(x, [-1, self._block + 2 * flange] + x.shape[-2:].as_list())
 
+  def _folds(self, inputs, training) -> bool:
+    """Whether this call takes the folded inference path (see `call`)."""
+    norms = (self._batch_norm_qkv, self._batch_norm_similarity,
+             self._batch_norm_retrieved)
+    return (convolutions.is_inference(training) and inputs.dtype == tf.float32
+            and all(norm.built for norm in norms))
+
   def call(self, inputs, training=False):
+    """Attention along axis 1 of [batch, length, channels].
+
+    At inference (float32) the batch norms are folded: the q/k/v norm into
+    the projection (a matmul + bias), each similarity term's scale into the
+    query or key (its shift is the same for every memory position of a
+    head, so the softmax drops it) and each retrieved term's scale and shift
+    into the value or the output. Same result up to float rounding, without
+    the stacked [3 or 2, ...] tensors and their normalisation passes.
+    """
     heads = self._num_heads
-    qkv = tf.einsum("blc,cd->bld", inputs, self.qkv_kernel)
-    qkv = self._batch_norm_qkv(qkv, training=training)
+    fold = self._folds(inputs, training)
+    if fold:
+      scale, offset = convolutions.folded_batch_norm(self._batch_norm_qkv)
+      qkv = tf.nn.bias_add(
+          tf.matmul(tf.reshape(inputs, [-1, inputs.shape[-1]]),
+                    self.qkv_kernel * scale), offset)
+      qkv = tf.reshape(qkv, [-1, self._length, qkv.shape[-1]])
+    else:
+      qkv = tf.einsum("blc,cd->bld", inputs, self.qkv_kernel)
+      qkv = self._batch_norm_qkv(qkv, training=training)
     query, key, value = tf.split(
         qkv, [self._key_depth, self._key_depth, self._value_depth], axis=-1)
     query = tf.reshape(query, [-1, self._length, heads, self._key_depth // heads])
@@ -142,24 +167,41 @@ class AxialAttention(tf_keras.layers.Layer):
     key_rpe = tf.gather(self.key_rpe, self._distance_indices)
     value_rpe = tf.gather(self.value_rpe, self._distance_indices)
 
-    similarity = tf.stack([
-        tf.einsum("blhd,bmhd->bhlm", query, key),
-        tf.einsum("blhd,lmd->bhlm", query, query_rpe),
-        tf.einsum("bmhd,lmd->bhlm", key, key_rpe),
-    ])
-    similarity = self._batch_norm_similarity(similarity, training=training)
-    logits = tf.reduce_sum(similarity, axis=0)
+    if fold:
+      # Per term and head: [3, 1, heads, 1, 1] -> [3, heads, 1].
+      scale, _ = convolutions.folded_batch_norm(self._batch_norm_similarity)
+      scale = tf.reshape(scale, [3, heads, 1])
+      logits = (tf.einsum("blhd,bmhd->bhlm", query * scale[0], key) +
+                tf.einsum("blhd,lmd->bhlm", query * scale[1], query_rpe) +
+                tf.einsum("bmhd,lmd->bhlm", key * scale[2], key_rpe))
+    else:
+      similarity = tf.stack([
+          tf.einsum("blhd,bmhd->bhlm", query, key),
+          tf.einsum("blhd,lmd->bhlm", query, query_rpe),
+          tf.einsum("bmhd,lmd->bhlm", key, key_rpe),
+      ])
+      similarity = self._batch_norm_similarity(similarity, training=training)
+      logits = tf.reduce_sum(similarity, axis=0)
     if not self._memory_is_valid.all():
       valid = tf.tile(self._memory_is_valid, [tf.shape(inputs)[0], 1])
       logits = tf.where(valid[:, None, None, :], logits, logits.dtype.min)
     weights = tf.nn.softmax(logits, axis=-1)
 
-    retrieved = tf.stack([
-        tf.einsum("bhlm,bmhd->bhld", weights, value),
-        tf.einsum("bhlm,lmd->bhld", weights, value_rpe),
-    ])
-    retrieved = self._batch_norm_retrieved(retrieved, training=training)
-    retrieved = tf.reduce_sum(retrieved, axis=0)
+    if fold:
+      # Per term, head and channel: [2, 1, heads, 1, depth].
+      scale, offset = convolutions.folded_batch_norm(
+          self._batch_norm_retrieved)
+      retrieved = (
+          tf.einsum("bhlm,bmhd->bhld", weights, value * scale[0, 0, :, 0]) +
+          tf.einsum("bhlm,lmd->bhld", weights, value_rpe) * scale[1] +
+          (offset[0] + offset[1]))
+    else:
+      retrieved = tf.stack([
+          tf.einsum("bhlm,bmhd->bhld", weights, value),
+          tf.einsum("bhlm,lmd->bhld", weights, value_rpe),
+      ])
+      retrieved = self._batch_norm_retrieved(retrieved, training=training)
+      retrieved = tf.reduce_sum(retrieved, axis=0)
     retrieved = tf.transpose(retrieved, [0, 2, 1, 3])
     retrieved = tf.reshape(
         retrieved, [-1, self._num_blocks * self._block, self._value_depth])

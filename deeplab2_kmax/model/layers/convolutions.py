@@ -82,8 +82,35 @@ def _symmetric_padding(kernel_size: int, atrous_rate: int):
   return total // 2, total - total // 2
 
 
+def folded_batch_norm(batch_norm: tf_keras.layers.Layer):
+  """(scale, offset) with batch_norm(x) = x * scale + offset at inference.
+
+  From the moving statistics: scale = gamma / sqrt(variance + epsilon),
+  offset = beta - mean * scale (float32, shape [channels]).
+  """
+  scale = tf.math.rsqrt(batch_norm.moving_variance + batch_norm.epsilon)
+  if batch_norm.gamma is not None:
+    scale *= batch_norm.gamma
+  offset = -batch_norm.moving_mean * scale
+  if batch_norm.beta is not None:
+    offset += batch_norm.beta
+  return scale, offset
+
+
+def is_inference(training) -> bool:
+  """True for a Python False/None `training` (not a tensor)."""
+  return not isinstance(training, (tf.Tensor, tf.Variable)) and not training
+
+
 class _NormActMixin:
-  """Adds the optional batch norm and activation after a convolution."""
+  """Adds the optional batch norm and activation after a convolution.
+
+  At inference (float32) the batch norm is folded into the kernel and a
+  bias (`folded_batch_norm`): one convolution + bias + activation, which
+  TensorFlow's CPU (oneDNN) and GPU kernels run as one fused op; a 1x1,
+  stride-1 convolution runs as a matmul, whose fusion also takes GELU. The
+  result equals convolution, batch norm, activation up to float rounding.
+  """
 
   def _make_norm_act(self, axis, use_bn, bn_layer, bn_gamma_initializer,
                      activation):
@@ -99,6 +126,37 @@ class _NormActMixin:
     if self._activation_fn is not None:
       x = self._activation_fn(x)
     return x
+
+  def _folds(self, conv, x, training) -> bool:
+    """Whether this call takes the folded inference path."""
+    return (is_inference(training) and conv.built and x.dtype == tf.float32
+            and (self._batch_norm is None or self._batch_norm.built))
+
+  def _folded_kernel_and_bias(self, kernel, bias):
+    """The kernel and bias with the batch norm folded in (output axis -1)."""
+    if self._batch_norm is None:
+      return kernel, bias
+    scale, offset = folded_batch_norm(self._batch_norm)
+    if bias is not None:
+      offset += bias * scale
+    return kernel * scale, offset
+
+  def _bias_act(self, y, bias):
+    if bias is not None:
+      y = tf.nn.bias_add(y, bias)
+    if self._activation_fn is not None:
+      y = self._activation_fn(y)
+    return y
+
+  def _pointwise_folded(self, x, kernel, bias):
+    """1x1 stride-1 convolution of [..., C] as a [pixels, C] matmul."""
+    kernel, bias = self._folded_kernel_and_bias(
+        tf.reshape(kernel, kernel.shape[-2:]), bias)
+    shape = tf.concat([tf.shape(x)[:-1], kernel.shape[-1:]], 0)
+    y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel)
+    y = self._bias_act(y, bias)
+    static = x.shape[:-1].concatenate(kernel.shape[-1:])
+    return tf.ensure_shape(tf.reshape(y, shape), static)
 
 
 class Conv2DBN(_NormActMixin, tf_keras.layers.Layer):
@@ -145,13 +203,27 @@ class Conv2DBN(_NormActMixin, tf_keras.layers.Layer):
     if self._pad is not None:
       begin, end = self._pad
       x = tf.pad(x, [[0, 0], [begin, end], [begin, end], [0, 0]])
+    rows = cols = slice(0, self._kernel_size)
     if self._pad is None and self._atrous_rate > 1 and self._conv.built:
       rows, cols = (_live_taps(self._kernel_size, self._atrous_rate, n)
                     for n in x.shape[1:3])
-      if (rows.stop - rows.start) * (cols.stop - cols.start) < (
-          self._kernel_size**2):
-        return self._norm_act(self._conv_live_taps(x, rows, cols), training)
+    live = (rows.stop - rows.start) * (cols.stop - cols.start)
+    if self._folds(self._conv, x, training):
+      return self._folded_call(x, rows, cols)
+    if live < self._kernel_size**2:
+      return self._norm_act(self._conv_live_taps(x, rows, cols), training)
     return self._norm_act(self._conv(x), training)
+
+  def _folded_call(self, x, rows: slice, cols: slice):
+    """Inference: convolution + bias + activation, batch norm folded in."""
+    kernel, bias = self._conv.kernel[rows, cols], self._conv.bias
+    if kernel.shape[:2] == (1, 1) and self._strides == 1:
+      return self._pointwise_folded(x, kernel, bias)
+    kernel, bias = self._folded_kernel_and_bias(kernel, bias)
+    y = tf.nn.conv2d(x, kernel, strides=self._strides,
+                     padding="VALID" if self._pad is not None else "SAME",
+                     dilations=self._atrous_rate)
+    return self._bias_act(y, bias)
 
   def _conv_live_taps(self, x, rows: slice, cols: slice):
     """The same convolution with the taps that read only padding left out
@@ -205,7 +277,16 @@ class DepthwiseConv2DBN(_NormActMixin, tf_keras.layers.Layer):
     if self._pad is not None:
       begin, end = self._pad
       x = tf.pad(x, [[0, 0], [begin, end], [begin, end], [0, 0]])
-    return self._norm_act(self._depthwise_conv(x), training)
+    conv = self._depthwise_conv
+    if self._folds(conv, x, training):
+      # Kernel [k, k, C, 1]: the batch norm scales its channel axis.
+      kernel, bias = self._folded_kernel_and_bias(
+          tf.transpose(conv.depthwise_kernel, [0, 1, 3, 2]), conv.bias)
+      y = tf.nn.depthwise_conv2d(
+          x, tf.transpose(kernel, [0, 1, 3, 2]), strides=[1, *conv.strides, 1],
+          padding=conv.padding.upper(), dilations=conv.dilation_rate)
+      return self._bias_act(y, bias)
+    return self._norm_act(conv(x), training)
 
 
 class SeparableConv2DBN(tf_keras.layers.Layer):
@@ -274,4 +355,6 @@ class Conv1DBN(_NormActMixin, tf_keras.layers.Layer):
     self._make_norm_act(2, use_bn, bn_layer, bn_gamma_initializer, activation)
 
   def call(self, inputs, training=False):
+    if self._folds(self._conv, inputs, training):
+      return self._pointwise_folded(inputs, self._conv.kernel, self._conv.bias)
     return self._norm_act(self._conv(inputs), training)
