@@ -6,6 +6,7 @@ import pixel_numpy_reference as ref
 import pytest
 import tensorflow as tf
 
+from deeplab2_kmax import precision
 from deeplab2_kmax.model.layers import convolutions
 
 _ACTIVATIONS = {None: lambda x: x, "relu": ref.relu, "gelu": ref.gelu}
@@ -101,3 +102,23 @@ def test_folded_pointwise_conv_is_one_matmul_without_batch_norm_ops():
   ops = {op.type for op in graph.get_operations()}
   assert "MatMul" in ops and "BiasAdd" in ops
   assert not ops & {"Conv2D", "FusedBatchNormV3"}
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_bfloat16_inference_folds_in_float32(kernel):
+  with precision.policy_scope(precision.BFLOAT16):
+    layer = convolutions.Conv2DBN(6, kernel, name="conv", activation="gelu",
+                                  bn_layer=convolutions.batch_norm_class())
+  x = np.random.default_rng(kernel).standard_normal([1, 5, 6, 4]).astype(
+      np.float32)
+  layer(x)
+  utils.randomize(layer, seed=kernel)
+  expected = ref.gelu(ref.batch_norm(
+      ref.conv2d(x.astype(np.float64),
+                 layer._conv.kernel.numpy().astype(np.float64)),
+      *_bn_numpy(layer), epsilon=layer._batch_norm.epsilon))
+  actual = tf.function(lambda v: layer(v, training=False))(x)
+  assert actual.dtype == tf.bfloat16
+  # bfloat16 keeps 8 significant bits: a few 2^-8 of the output's scale.
+  np.testing.assert_allclose(tf.cast(actual, tf.float32).numpy(), expected,
+                             rtol=0, atol=0.03 * np.abs(expected).max())

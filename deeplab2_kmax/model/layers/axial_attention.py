@@ -127,13 +127,14 @@ class AxialAttention(tf_keras.layers.Layer):
     """Whether this call takes the folded inference path (see `call`)."""
     norms = (self._batch_norm_qkv, self._batch_norm_similarity,
              self._batch_norm_retrieved)
-    return (convolutions.is_inference(training) and inputs.dtype == tf.float32
+    return (convolutions.is_inference(training) and inputs.dtype.is_floating
             and all(norm.built for norm in norms))
 
   def call(self, inputs, training=False):
     """Attention along axis 1 of [batch, length, channels].
 
-    At inference (float32) the batch norms are folded: the q/k/v norm into
+    At inference the batch norms are folded (in float32, then cast to the
+    compute dtype): the q/k/v norm into
     the projection (a matmul + bias), each similarity term's scale into the
     query or key (its shift is the same for every memory position of a
     head, so the softmax drops it) and each retrieved term's scale and shift
@@ -143,10 +144,12 @@ class AxialAttention(tf_keras.layers.Layer):
     heads = self._num_heads
     fold = self._folds(inputs, training)
     if fold:
+      dtype = inputs.dtype
       scale, offset = convolutions.folded_batch_norm(self._batch_norm_qkv)
+      kernel = tf.cast(tf.cast(self.qkv_kernel, tf.float32) * scale, dtype)
       qkv = tf.nn.bias_add(
-          tf.matmul(tf.reshape(inputs, [-1, inputs.shape[-1]]),
-                    self.qkv_kernel * scale), offset)
+          tf.matmul(tf.reshape(inputs, [-1, inputs.shape[-1]]), kernel),
+          tf.cast(offset, dtype))
       qkv = tf.reshape(qkv, [-1, self._length, qkv.shape[-1]])
     else:
       qkv = tf.einsum("blc,cd->bld", inputs, self.qkv_kernel)
@@ -170,7 +173,7 @@ class AxialAttention(tf_keras.layers.Layer):
     if fold:
       # Per term and head: [3, 1, heads, 1, 1] -> [3, heads, 1].
       scale, _ = convolutions.folded_batch_norm(self._batch_norm_similarity)
-      scale = tf.reshape(scale, [3, heads, 1])
+      scale = tf.cast(tf.reshape(scale, [3, heads, 1]), dtype)
       logits = (tf.einsum("blhd,bmhd->bhlm", query * scale[0], key) +
                 tf.einsum("blhd,lmd->bhlm", query * scale[1], query_rpe) +
                 tf.einsum("bmhd,lmd->bhlm", key * scale[2], key_rpe))
@@ -191,6 +194,7 @@ class AxialAttention(tf_keras.layers.Layer):
       # Per term, head and channel: [2, 1, heads, 1, depth].
       scale, offset = convolutions.folded_batch_norm(
           self._batch_norm_retrieved)
+      scale, offset = tf.cast(scale, dtype), tf.cast(offset, dtype)
       retrieved = (
           tf.einsum("bhlm,bmhd->bhld", weights, value * scale[0, 0, :, 0]) +
           tf.einsum("bhlm,lmd->bhld", weights, value_rpe) * scale[1] +

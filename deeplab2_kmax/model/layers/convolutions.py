@@ -88,12 +88,15 @@ def folded_batch_norm(batch_norm: tf_keras.layers.Layer):
   From the moving statistics: scale = gamma / sqrt(variance + epsilon),
   offset = beta - mean * scale (float32, shape [channels]).
   """
-  scale = tf.math.rsqrt(batch_norm.moving_variance + batch_norm.epsilon)
+  def read(variable):
+    return tf.cast(variable, tf.float32)
+
+  scale = tf.math.rsqrt(read(batch_norm.moving_variance) + batch_norm.epsilon)
   if batch_norm.gamma is not None:
-    scale *= batch_norm.gamma
-  offset = -batch_norm.moving_mean * scale
+    scale *= read(batch_norm.gamma)
+  offset = -read(batch_norm.moving_mean) * scale
   if batch_norm.beta is not None:
-    offset += batch_norm.beta
+    offset += read(batch_norm.beta)
   return scale, offset
 
 
@@ -105,11 +108,14 @@ def is_inference(training) -> bool:
 class _NormActMixin:
   """Adds the optional batch norm and activation after a convolution.
 
-  At inference (float32) the batch norm is folded into the kernel and a
-  bias (`folded_batch_norm`): one convolution + bias + activation, which
-  TensorFlow's CPU (oneDNN) and GPU kernels run as one fused op; a 1x1,
-  stride-1 convolution runs as a matmul, whose fusion also takes GELU. The
-  result equals convolution, batch norm, activation up to float rounding.
+  At inference the batch norm is folded into the kernel and a bias
+  (`folded_batch_norm`, in float32, then cast to the compute dtype): one
+  convolution + bias + activation, which TensorFlow's CPU (oneDNN) and GPU
+  kernels run as one fused op; a 1x1, stride-1 convolution runs as a
+  matmul, whose fusion also takes GELU. The result equals convolution,
+  batch norm, activation up to rounding. Under mixed precision the kernel
+  is read in the compute dtype (Keras' autocast), so the folded kernel is
+  rounded twice; bfloat16 keeps its usual 2-3 significant digits.
   """
 
   def _make_norm_act(self, axis, use_bn, bn_layer, bn_gamma_initializer,
@@ -129,17 +135,18 @@ class _NormActMixin:
 
   def _folds(self, conv, x, training) -> bool:
     """Whether this call takes the folded inference path."""
-    return (is_inference(training) and conv.built and x.dtype == tf.float32
+    return (is_inference(training) and conv.built and x.dtype.is_floating
             and (self._batch_norm is None or self._batch_norm.built))
 
-  def _folded_kernel_and_bias(self, kernel, bias):
-    """The kernel and bias with the batch norm folded in (output axis -1)."""
-    if self._batch_norm is None:
-      return kernel, bias
-    scale, offset = folded_batch_norm(self._batch_norm)
-    if bias is not None:
-      offset += bias * scale
-    return kernel * scale, offset
+  def _folded_kernel_and_bias(self, kernel, bias, dtype):
+    """The kernel and bias (in `dtype`) with the batch norm folded in."""
+    if self._batch_norm is not None:
+      scale, offset = folded_batch_norm(self._batch_norm)
+      if bias is not None:
+        offset += tf.cast(bias, tf.float32) * scale
+      kernel, bias = tf.cast(kernel, tf.float32) * scale, offset
+    return (tf.cast(kernel, dtype),
+            None if bias is None else tf.cast(bias, dtype))
 
   def _bias_act(self, y, bias):
     if bias is not None:
@@ -151,7 +158,7 @@ class _NormActMixin:
   def _pointwise_folded(self, x, kernel, bias):
     """1x1 stride-1 convolution of [..., C] as a [pixels, C] matmul."""
     kernel, bias = self._folded_kernel_and_bias(
-        tf.reshape(kernel, kernel.shape[-2:]), bias)
+        tf.reshape(kernel, kernel.shape[-2:]), bias, x.dtype)
     shape = tf.concat([tf.shape(x)[:-1], kernel.shape[-1:]], 0)
     y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel)
     y = self._bias_act(y, bias)
@@ -219,7 +226,7 @@ class Conv2DBN(_NormActMixin, tf_keras.layers.Layer):
     kernel, bias = self._conv.kernel[rows, cols], self._conv.bias
     if kernel.shape[:2] == (1, 1) and self._strides == 1:
       return self._pointwise_folded(x, kernel, bias)
-    kernel, bias = self._folded_kernel_and_bias(kernel, bias)
+    kernel, bias = self._folded_kernel_and_bias(kernel, bias, x.dtype)
     y = tf.nn.conv2d(x, kernel, strides=self._strides,
                      padding="VALID" if self._pad is not None else "SAME",
                      dilations=self._atrous_rate)
@@ -281,7 +288,8 @@ class DepthwiseConv2DBN(_NormActMixin, tf_keras.layers.Layer):
     if self._folds(conv, x, training):
       # Kernel [k, k, C, 1]: the batch norm scales its channel axis.
       kernel, bias = self._folded_kernel_and_bias(
-          tf.transpose(conv.depthwise_kernel, [0, 1, 3, 2]), conv.bias)
+          tf.transpose(conv.depthwise_kernel, [0, 1, 3, 2]), conv.bias,
+          x.dtype)
       y = tf.nn.depthwise_conv2d(
           x, tf.transpose(kernel, [0, 1, 3, 2]), strides=[1, *conv.strides, 1],
           padding=conv.padding.upper(), dilations=conv.dilation_rate)
