@@ -55,7 +55,7 @@ def test_small_problems_match_brute_force(in_graph):
 
 def test_larger_problems_agree_with_scipy(in_graph):
   rng = np.random.default_rng(1)
-  for trial in range(300):
+  for trial in range(100):
     rows, cols = rng.integers(1, 30), rng.integers(1, 30)
     cost, valid = _random_problem(rng, 2, rows, cols, ties=trial % 3 == 0)
     ours = in_graph(tf.constant(cost), tf.constant(valid)).numpy()
