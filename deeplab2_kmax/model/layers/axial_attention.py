@@ -134,8 +134,8 @@ class AxialAttention(tf_keras.layers.Layer):
     """Attention along axis 1 of [batch, length, channels].
 
     At inference the batch norms are folded (in float32, then cast to the
-    compute dtype): the q/k/v norm into
-    the projection (a matmul + bias), each similarity term's scale into the
+    compute dtype): the q/k/v norm into the projection (a matmul + bias),
+    each similarity term's scale into the
     query or key (its shift is the same for every memory position of a
     head, so the softmax drops it) and each retrieved term's scale and shift
     into the value or the output. Same result up to float rounding, without
@@ -145,12 +145,9 @@ class AxialAttention(tf_keras.layers.Layer):
     fold = self._folds(inputs, training)
     if fold:
       dtype = inputs.dtype
-      scale, offset = convolutions.folded_batch_norm(self._batch_norm_qkv)
-      kernel = tf.cast(tf.cast(self.qkv_kernel, tf.float32) * scale, dtype)
-      qkv = tf.nn.bias_add(
-          tf.matmul(tf.reshape(inputs, [-1, inputs.shape[-1]]), kernel),
-          tf.cast(offset, dtype))
-      qkv = tf.reshape(qkv, [-1, self._length, qkv.shape[-1]])
+      qkv = convolutions.pointwise_matmul(
+          inputs, *convolutions.fold_into_kernel(
+              self.qkv_kernel, None, self._batch_norm_qkv, dtype))
     else:
       qkv = tf.einsum("blc,cd->bld", inputs, self.qkv_kernel)
       qkv = self._batch_norm_qkv(qkv, training=training)

@@ -100,6 +100,42 @@ def folded_batch_norm(batch_norm: tf_keras.layers.Layer):
   return scale, offset
 
 
+def fold_into_kernel(kernel, bias, batch_norm, dtype):
+  """`kernel` and `bias` (in `dtype`) with an inference batch norm folded in.
+
+  batch_norm(x @ kernel + bias) = x @ (kernel * scale) + (bias * scale +
+  offset), with (scale, offset) from `folded_batch_norm`, computed in
+  float32 and then cast. `batch_norm` and `bias` may be None.
+  """
+  if batch_norm is not None:
+    scale, offset = folded_batch_norm(batch_norm)
+    if bias is not None:
+      offset += tf.cast(bias, tf.float32) * scale
+    kernel, bias = tf.cast(kernel, tf.float32) * scale, offset
+  return (tf.cast(kernel, dtype),
+          None if bias is None else tf.cast(bias, dtype))
+
+
+def _bias_activation(y, bias, activation):
+  if bias is not None:
+    y = tf.nn.bias_add(y, bias)
+  return y if activation is None else activation(y)
+
+
+def pointwise_matmul(x, kernel, bias=None, activation=None):
+  """x @ kernel (+ bias, activation) over the last axis of [..., C].
+
+  Runs as one [pixels, C] x [C, D] matmul, which oneDNN fuses with the bias
+  and the activation (GELU included); a 1x1 convolution's fusion does not
+  take GELU.
+  """
+  y = _bias_activation(tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel),
+                       bias, activation)
+  shape = tf.concat([tf.shape(x)[:-1], kernel.shape[-1:]], 0)
+  static = x.shape[:-1].concatenate(kernel.shape[-1:])
+  return tf.ensure_shape(tf.reshape(y, shape), static)
+
+
 def is_inference(training) -> bool:
   """True for a Python False/None `training` (not a tensor)."""
   return not isinstance(training, (tf.Tensor, tf.Variable)) and not training
@@ -140,30 +176,16 @@ class _NormActMixin:
 
   def _folded_kernel_and_bias(self, kernel, bias, dtype):
     """The kernel and bias (in `dtype`) with the batch norm folded in."""
-    if self._batch_norm is not None:
-      scale, offset = folded_batch_norm(self._batch_norm)
-      if bias is not None:
-        offset += tf.cast(bias, tf.float32) * scale
-      kernel, bias = tf.cast(kernel, tf.float32) * scale, offset
-    return (tf.cast(kernel, dtype),
-            None if bias is None else tf.cast(bias, dtype))
+    return fold_into_kernel(kernel, bias, self._batch_norm, dtype)
 
   def _bias_act(self, y, bias):
-    if bias is not None:
-      y = tf.nn.bias_add(y, bias)
-    if self._activation_fn is not None:
-      y = self._activation_fn(y)
-    return y
+    return _bias_activation(y, bias, self._activation_fn)
 
   def _pointwise_folded(self, x, kernel, bias):
     """1x1 stride-1 convolution of [..., C] as a [pixels, C] matmul."""
     kernel, bias = self._folded_kernel_and_bias(
         tf.reshape(kernel, kernel.shape[-2:]), bias, x.dtype)
-    shape = tf.concat([tf.shape(x)[:-1], kernel.shape[-1:]], 0)
-    y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel)
-    y = self._bias_act(y, bias)
-    static = x.shape[:-1].concatenate(kernel.shape[-1:])
-    return tf.ensure_shape(tf.reshape(y, shape), static)
+    return pointwise_matmul(x, kernel, bias, self._activation_fn)
 
 
 class Conv2DBN(_NormActMixin, tf_keras.layers.Layer):
