@@ -104,6 +104,19 @@ def test_folded_pointwise_conv_is_one_matmul_without_batch_norm_ops():
   assert not ops & {"Conv2D", "FusedBatchNormV3"}
 
 
+def test_deeplab2_order_of_operations_keeps_the_batch_norm():
+  layer = convolutions.Conv2DBN(8, 1, name="conv", activation="gelu",
+                                bn_layer=convolutions.batch_norm_class())
+  x = tf.zeros([1, 5, 5, 4])
+  layer(x)
+  with convolutions.deeplab2_order_of_operations():
+    graph = tf.function(lambda v: layer(v, training=False)
+                        ).get_concrete_function(x).graph
+  ops = {op.type for op in graph.get_operations()}
+  assert "Conv2D" in ops and "MatMul" not in ops  # The layers as built.
+  assert convolutions.fast_inference(False)  # The scope has ended.
+
+
 @pytest.mark.parametrize("kernel", [1, 3])
 def test_bfloat16_inference_folds_in_float32(kernel):
   with precision.policy_scope(precision.BFLOAT16):

@@ -127,7 +127,7 @@ class AxialAttention(tf_keras.layers.Layer):
     """Whether this call takes the folded inference path (see `call`)."""
     norms = (self._batch_norm_qkv, self._batch_norm_similarity,
              self._batch_norm_retrieved)
-    return (convolutions.is_inference(training) and inputs.dtype.is_floating
+    return (convolutions.fast_inference(training) and inputs.dtype.is_floating
             and all(norm.built for norm in norms))
 
   def call(self, inputs, training=False):
