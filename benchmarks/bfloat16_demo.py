@@ -7,9 +7,10 @@ into a float32 model and a bfloat16 one (`precision.build_model`, as the
 evaluator builds it), runs both on the demo's held-out images (seed 0, the
 split the demo evaluates on) with the demo config's post-processing, and
 prints PQ / PQ^Th / PQ^St of each, the share of pixels whose panoptic label
-agrees, and the time per batch (the two precisions alternated, median over
-batches after one warm-up batch each). On a CPU without native bfloat16 it
-says so and stops.
+agrees and the share in the same segment up to instance-id renaming
+(`evaluation.map_agreement`), and the time per batch (the two precisions
+alternated, median over batches after one warm-up batch each). On a CPU
+without native bfloat16 it says so and stops.
 """
 
 import argparse
@@ -24,6 +25,7 @@ from deeplab2_kmax import builders
 from deeplab2_kmax import common
 from deeplab2_kmax import precision
 from deeplab2_kmax.data import synthetic
+from deeplab2_kmax.evaluation import map_agreement
 from deeplab2_kmax.evaluation import panoptic_quality
 from deeplab2_kmax.tools import demo
 
@@ -58,7 +60,7 @@ def main():
         list(info.thing_class_ids))
     seconds[name] = []
 
-  agree = total = 0
+  agree = map_agreement.Agreement(0, 0, 0)
   for start in range(0, args.num_images, args.batch_size):
     samples = [synthetic.generate(0, "val", i) for i in
                range(start, min(start + args.batch_size, args.num_images))]
@@ -71,15 +73,19 @@ def main():
         seconds[name].append(time.perf_counter() - begin)
       for sample, predicted in zip(samples, maps[name]):
         metrics[name].update(sample.panoptic, predicted)
-    agree += int(np.sum(maps[precision.FLOAT32] == maps[precision.BFLOAT16]))
-    total += maps[precision.FLOAT32].size
+    for first, second in zip(maps[precision.FLOAT32],
+                             maps[precision.BFLOAT16]):
+      agree += map_agreement.agreement(first, second,
+                                       info.panoptic_label_divisor)
 
   print(f"{export_formats.cpu_description()}; matmul 4096^3 fp32 "
         f"{harness.matmul_gflops():.0f} GFLOP/s, bf16 "
         f"{harness.matmul_gflops(dtype='bfloat16'):.0f} GFLOP/s\n")
   print(f"Demo checkpoint, first {args.num_images} held-out images, batch "
-        f"{args.batch_size}; panoptic maps agree on "
-        f"{100 * agree / total:.2f}% of pixels.\n")
+        f"{args.batch_size}. Panoptic maps: same label on "
+        f"{100 * agree.same_label / agree.total:.2f}% of pixels, same "
+        f"segment (up to instance-id renaming) on "
+        f"{100 * agree.same_segment / agree.total:.2f}%.\n")
   print("| precision | PQ | PQ^Th | PQ^St | ms per batch (median) |")
   print("|---|---|---|---|---|")
   for name, metric in metrics.items():
