@@ -1,9 +1,10 @@
 r"""Where inference time goes, op by op (not a test).
 
   python -m benchmarks.profile_ops [--config_file=F] [--crop_size=H,W] \
-      [--post_processing] [--top=25]
+      [--post_processing] [--precision=float32|bfloat16] [--top=25]
 
-Runs one traced forward pass (batch 1, float32, random weights) in a
+Runs one traced forward pass (batch 1, random weights, float32 or bfloat16
+as the evaluator builds it: `precision.build_model`) in a
 TensorFlow session with full tracing and sums each executed op's time by op
 type, by model part (encoder, pixel decoder, transformer decoder, head,
 post-processing) and by node. The graph is the `tf.function` graph with the
@@ -27,6 +28,7 @@ from benchmarks import export_formats
 from benchmarks import harness
 from benchmarks import run as run_lib
 from deeplab2_kmax import builders
+from deeplab2_kmax import precision
 
 
 def _traced_run(function, image):
@@ -78,16 +80,19 @@ def main():
                       default="configs/coco/kmax_r50_os32.textproto")
   parser.add_argument("--crop_size", default="641,641")
   parser.add_argument("--post_processing", action="store_true")
+  parser.add_argument("--precision", default=precision.FLOAT32,
+                      choices=precision.PRECISIONS)
   parser.add_argument("--top", type=int, default=25)
   args = parser.parse_args()
   crop = tuple(int(v) for v in args.crop_size.split(","))
   config = run_lib._load(args.config_file, crop)  # pylint: disable=protected-access
-  model = builders.build_model(config, crop_size=crop)
+  ran = precision.resolve(args.precision, "--precision")
+  model = precision.build_model(config, crop, ran)
   post_processor = builders.build_post_processor(config)
 
   @tf.function
   def forward(x):
-    outputs = model(x, training=False)
+    outputs = precision.outputs_to_float32(model(x, training=False))
     return post_processor(outputs, crop) if args.post_processing else outputs
 
   image = tf.constant(np.random.RandomState(0).uniform(
@@ -108,7 +113,7 @@ def main():
   print(f"{export_formats.cpu_description()}; fp32 matmul "
         f"{harness.matmul_gflops():.0f} GFLOP/s; {crop[0]}x{crop[1]}, "
         f"{'forward + post-processing' if args.post_processing else 'forward'}"
-        f": {wall * 1e3:.0f} ms wall (median of 3), {total / 1e3:.0f} ms of "
+        f", {ran}: {wall * 1e3:.0f} ms wall (median of 3), {total / 1e3:.0f} ms of "
         "op time in the traced run\n")
   print(_table("part", by_part, total, args.top) + "\n")
   print(_table("op type", by_type, total, args.top) + "\n")
