@@ -4,8 +4,10 @@
 (Micikevicius et al., "Mixed Precision Training", ICLR 2018; Keras'
 mixed-precision guide): variables stay float32 (a float32 checkpoint loads
 unchanged), layers compute in bfloat16, and the numerically sensitive steps
-the model already keeps in float32 under that policy stay there (softmax,
-the k-means argmax of paper Eq. 5, batch-norm statistics). The model's
+stay in float32: the prediction heads' mask and class logits
+(`MaXDeepLabHead`, so the k-means argmax of paper Eq. 5 and the merging's
+softmax and thresholds see float32 logits), softmax and batch-norm
+statistics. The model's
 outputs are cast back to float32 before the mask-wise merging (paper §3.4 /
 DeepLab2's post-processing), so thresholds and the merge order are decided
 in float32.

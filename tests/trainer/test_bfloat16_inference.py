@@ -20,6 +20,7 @@ import tf_keras
 import trainer_test_utils as utils
 
 from deeplab2_kmax import builders
+from deeplab2_kmax import common
 from deeplab2_kmax import config_loader
 from deeplab2_kmax import precision
 from deeplab2_kmax.tools import predict
@@ -112,6 +113,11 @@ def test_trained_model_in_bfloat16_agrees_with_float32(
   assert model.compute_dtype == "bfloat16"
   assert {v.dtype for v in model.variables} == {tf.float32}
   assert module.precision.numpy().decode() == "bfloat16"
+  # The head's logits are float32 (the segments are decided on them).
+  raw = model(tf.zeros([1, 64, 64, 3]), training=False)
+  for key in (common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY,
+              common.PRED_TRANSFORMER_CLASS_LOGITS_KEY):
+    assert raw[key].dtype == tf.float32, key
   # The signature keeps its uint8 input and float32 / int32 outputs.
   signature = module.serve.get_concrete_function()
   assert signature.inputs[0].dtype == tf.uint8

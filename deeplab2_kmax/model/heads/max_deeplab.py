@@ -81,7 +81,15 @@ def separable_conv_map(prefix: str, layer) -> checkpoint_keys.VariableMap:
 
 
 class MaXDeepLabHead(tf_keras.layers.Layer):
-  """Turns (pixel feature, class/mask embeddings) into class and mask logits."""
+  """Turns (pixel feature, class/mask embeddings) into class and mask logits.
+
+  The logits are float32 under any precision: under mixed precision the
+  mask logits' product, their batch norm and the class head compute in
+  float32 (from the lower-precision feature and embeddings). Their argmax
+  (the k-means E-step, the semantic map), softmax and thresholds decide
+  the segments; bfloat16 logits (8 significant bits) would turn near ties
+  into flips. Under float32 the casts are no-ops.
+  """
 
   def __init__(self,
                num_classes: int,
@@ -117,13 +125,14 @@ class MaXDeepLabHead(tf_keras.layers.Layer):
     self.pixel_space_mask_batch_norm = bn_layer(
         axis=-1, name="pixel_space_mask_batch_norm",
         gamma_initializer=tf_keras.initializers.Constant(
-            spec.mask_logits_gamma_init))
+            spec.mask_logits_gamma_init), dtype=tf.float32)
     self.transformer_mask_head = convolutions.Conv1DBN(
         spec.pixel_output_channels, "transformer_mask_head", bn_layer=bn_layer,
         activation=None)
     self.transformer_class_head = tf_keras.layers.Conv1D(
         self._num_classes_with_void, 1, name="transformer_class_head",
-        kernel_initializer=tf_keras.initializers.TruncatedNormal(stddev=0.01))
+        kernel_initializer=tf_keras.initializers.TruncatedNormal(stddev=0.01),
+        dtype=tf.float32)
 
   def call(self, pixel_feature, class_embedding, mask_embedding,
            training=False) -> Dict[str, tf.Tensor]:
@@ -132,7 +141,8 @@ class MaXDeepLabHead(tf_keras.layers.Layer):
     feature = self.pixel_space_feature_batch_norm(feature, training=training)
     feature = tf.math.l2_normalize(feature, axis=-1)
     kernel = self.transformer_mask_head(mask_embedding, training=training)
-    mask_logits = tf.einsum("bhwd,bnd->bhwn", feature, kernel)
+    mask_logits = tf.einsum("bhwd,bnd->bhwn", tf.cast(feature, tf.float32),
+                            tf.cast(kernel, tf.float32))
     mask_logits = self.pixel_space_mask_batch_norm(
         mask_logits[..., tf.newaxis], training=training)[..., 0]
     class_logits = self.transformer_class_head(class_embedding)
