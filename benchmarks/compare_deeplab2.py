@@ -46,7 +46,7 @@ from benchmarks import harness  # noqa: E402
 from benchmarks import run as run_lib  # noqa: E402
 from deeplab2_kmax import builders  # noqa: E402
 from deeplab2_kmax.losses import max_deeplab_loss  # noqa: E402
-from deeplab2_kmax.model.layers import convolutions  # noqa: E402
+from deeplab2_kmax.model.layers import rewrites  # noqa: E402
 from deeplab2_kmax.tools import convert_deeplab2_checkpoint as convert  # noqa: E402
 from deeplab2_kmax.trainer import trainer as our_trainer  # noqa: E402
 
@@ -188,7 +188,7 @@ def _inference_size(args, crop, workdir):
   # operations in the same order: there the maps should agree.
   eager = calls["DeepLab2 forward + post-processing"](image)[
       "panoptic_pred"].numpy()
-  with convolutions.deeplab2_order_of_operations():
+  with rewrites.deeplab2_order_of_operations():
     ours_eager = calls["ours forward + post-processing"](image)[
         "panoptic_pred"].numpy()
   theirs_keys = sorted(compiled["DeepLab2 forward"](image))

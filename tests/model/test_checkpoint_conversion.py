@@ -23,7 +23,7 @@ import tensorflow as tf
 from deeplab2_kmax import builders
 from deeplab2_kmax import common
 from deeplab2_kmax import config_loader
-from deeplab2_kmax.model.layers import convolutions
+from deeplab2_kmax.model.layers import rewrites
 from deeplab2_kmax.tools import convert_deeplab2_checkpoint as convert
 
 SUFFIX = parity_utils.SUFFIX
@@ -190,7 +190,7 @@ def parity_run(tmp_path_factory):
   model = parity_utils.build_model(fixture)
   tf.train.Checkpoint(model=model).read(output).assert_existing_objects_matched()
   # Compared in DeepLab2's order of operations, as in test_stagewise_parity.
-  with convolutions.deeplab2_order_of_operations():
+  with rewrites.deeplab2_order_of_operations():
     yield fixture, result.stdout, model, values
 
 

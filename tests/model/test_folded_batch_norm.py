@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from deeplab2_kmax import precision
 from deeplab2_kmax.model.layers import convolutions
+from deeplab2_kmax.model.layers import rewrites
 
 _ACTIVATIONS = {None: lambda x: x, "relu": ref.relu, "gelu": ref.gelu}
 
@@ -109,11 +110,12 @@ def test_deeplab2_order_of_operations_keeps_the_batch_norm():
                                 bn_layer=convolutions.batch_norm_class())
   x = tf.zeros([1, 5, 5, 4])
   layer(x)
-  with convolutions.deeplab2_order_of_operations():
+  with rewrites.deeplab2_order_of_operations():
     graph = tf.function(lambda v: layer(v, training=False)
                         ).get_concrete_function(x).graph
   ops = {op.type for op in graph.get_operations()}
   assert "Conv2D" in ops and "MatMul" not in ops  # The layers as built.
+  assert "Erfc" in ops and "Erf" not in ops  # tf.nn.gelu, as DeepLab2's.
   assert convolutions.fast_inference(False)  # The scope has ended.
 
 

@@ -40,7 +40,7 @@ to end: with the fixture's weights it is chaotic (PARITY_STAGEWISE.md), each
 stage is not.
 
 The model runs DeepLab2's operations in DeepLab2's order
-(`convolutions.deeplab2_order_of_operations`): the inference rewrites (batch
+(`rewrites.deeplab2_order_of_operations`): the inference rewrites (batch
 norms folded into kernels, ...) round differently, and the rule weights
 amplify that past the tolerance on some CPUs (the os8 decoder stage reached
 1.1x its tolerance on an AMX Xeon). The rewrites are checked against NumPy
@@ -58,7 +58,7 @@ import tensorflow as tf
 
 from deeplab2_kmax import builders
 from deeplab2_kmax import common
-from deeplab2_kmax.model.layers import convolutions
+from deeplab2_kmax.model.layers import rewrites
 
 SIDECAR = parity_utils.sidecar_path()
 if "KMAX_PARITY_FIXTURE" in os.environ and not SIDECAR.exists():
@@ -94,7 +94,7 @@ ALIASES = [n for n in NAMES if n in ENCODER_STAGES]
 @pytest.fixture(scope="module")
 def fixture():
   tf.config.experimental.enable_tensor_float_32_execution(False)
-  with convolutions.deeplab2_order_of_operations():
+  with rewrites.deeplab2_order_of_operations():
     yield parity_utils.load_fixture(SIDECAR)
 
 

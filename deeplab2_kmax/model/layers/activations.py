@@ -5,6 +5,8 @@ from typing import Optional
 
 import tensorflow as tf
 
+from deeplab2_kmax.model.layers import rewrites
+
 
 def _gelu(x):
   """The exact (erf) GELU, as DeepLab2 uses for kMaX-DeepLab.
@@ -12,8 +14,11 @@ def _gelu(x):
   Written x / 2 (1 + erf(x / sqrt 2)) rather than with `tf.nn.gelu`'s
   erfc: a fifth faster on CPU (on [1, 201, 301, 256]: 34.6 vs 44.7 ms),
   equal to 1e-6, and in the form TensorFlow's CPU graph rewrite fuses into
-  a preceding matmul + bias (other arrangements are not fused).
+  a preceding matmul + bias (other arrangements are not fused). Inside
+  `rewrites.deeplab2_order_of_operations`, `tf.nn.gelu` as DeepLab2 calls it.
   """
+  if not rewrites.enabled():
+    return tf.nn.gelu(x, approximate=False)
   return 0.5 * x * (1.0 + tf.math.erf(x * 0.7071067811865476))
 
 

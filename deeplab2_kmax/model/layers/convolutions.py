@@ -14,7 +14,6 @@ The kernel and batch-norm variables live in sub-layers named ``conv`` (or
 ``depthwise_conv``) and ``batch_norm``.
 """
 
-import contextlib
 import functools
 from typing import Callable
 from typing import Optional
@@ -25,6 +24,7 @@ import tf_keras
 from deeplab2_kmax.model import spec_checks
 from deeplab2_kmax.model.layers import activations
 from deeplab2_kmax.model.layers import recompute
+from deeplab2_kmax.model.layers import rewrites
 from deeplab2_kmax.model.layers import spec as layer_spec
 
 
@@ -142,36 +142,13 @@ def is_inference(training) -> bool:
   return not isinstance(training, (tf.Tensor, tf.Variable)) and not training
 
 
-# Whether inference takes the rewritten fast paths (see `fast_inference`).
-_FAST_INFERENCE = [True]
-
-
-@contextlib.contextmanager
-def deeplab2_order_of_operations():
-  """Inference inside runs DeepLab2's operations, without the rewrites.
-
-  The rewrites (batch norms folded into kernels and attention projections,
-  the pixel decoder's LayerNorm in fewer passes) equal the plain layers up to
-  float rounding, but round in a different order. Checks against DeepLab2's
-  recorded outputs (the stage-wise parity fixture, whose rule weights
-  amplify a 1e-6 input change about a thousandfold) compare the same
-  operations in the same order; they run inside this scope. Read when a
-  layer is called (or traced), so a tf.function traced outside keeps the
-  rewrites.
-  """
-  _FAST_INFERENCE.append(False)
-  try:
-    yield
-  finally:
-    _FAST_INFERENCE.pop()
-
-
 def fast_inference(training) -> bool:
   """Whether a call with `training` takes the rewritten inference paths.
 
-  True at inference (`is_inference`) outside `deeplab2_order_of_operations`.
+  True at inference (`is_inference`) with the rewrites enabled
+  (`rewrites.deeplab2_order_of_operations` switches them off).
   """
-  return is_inference(training) and _FAST_INFERENCE[-1]
+  return is_inference(training) and rewrites.enabled()
 
 
 class _NormActMixin:
