@@ -135,11 +135,11 @@ class AxialAttention(tf_keras.layers.Layer):
 
     At inference the batch norms are folded (in float32, then cast to the
     compute dtype): the q/k/v norm into the projection (a matmul + bias),
-    each similarity term's scale into the
-    query or key (its shift is the same for every memory position of a
-    head, so the softmax drops it) and each retrieved term's scale and shift
-    into the value or the output. Same result up to float rounding, without
-    the stacked [3 or 2, ...] tensors and their normalisation passes.
+    each similarity term's scale into the query or key (its shift is the
+    same for every memory position of a head, so the softmax drops it) and
+    each retrieved term's scale and shift into the value or the output.
+    Same result up to float rounding, without the stacked [3 or 2, ...]
+    tensors and their normalisation passes.
     """
     heads = self._num_heads
     fold = self._folds(inputs, training)
