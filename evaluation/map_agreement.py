@@ -24,6 +24,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import optimize
 
+from deeplab2_kmax.evaluation import panoptic_quality
+
 
 class Agreement(NamedTuple):
   """Pixel counts: `total`, `same_label` and `same_segment` (see module)."""
@@ -53,8 +55,8 @@ def agreement(first: np.ndarray, second: np.ndarray,
                      f"{second.shape}; they must be the same image's maps.")
   if label_divisor < 1:
     raise ValueError(f"agreement: label_divisor={label_divisor} must be >= 1.")
-  first_ids, first_index = np.unique(first.ravel(), return_inverse=True)
-  second_ids, second_index = np.unique(second.ravel(), return_inverse=True)
+  first_ids, first_index, _ = panoptic_quality.dense_ids(first)
+  second_ids, second_index, _ = panoptic_quality.dense_ids(second)
   # overlap[i, j]: pixels in segment i of the first map and j of the second.
   overlap = np.bincount(
       first_index * len(second_ids) + second_index,
