@@ -74,11 +74,8 @@ def _plan(rng, kinds):
 
 def _config_file(tmp_path, data_dir, steps):
   """The tiny trainer config, smaller still: every launch traces it anew."""
-  config = utils.tiny_config(data_dir, steps=steps)
-  config.model_options.max_deeplab.transformer_decoder.num_blocks[:] = [
-      0, 0, 1]
+  config = utils.lean_config(data_dir, steps=steps)
   trainer = config.trainer_options
-  trainer.loss_options.ClearField("semantic_loss")
   trainer.save_prediction_images_steps = 0
   trainer.steps_per_loop = 1  # A loop, a summary and a checkpoint per step.
   trainer.save_checkpoints_steps = 1

@@ -142,8 +142,9 @@ def test_the_builder_describes_the_categories(dataset):
 
 
 def _config(out, model_dir, checkpoint):
-  """The tiny test config on the custom dataset, through a textproto file."""
-  config = utils.tiny_config(out, steps=2, crop=_CROP)
+  """The lean test config on the custom dataset, through a textproto file."""
+  config = utils.lean_config(out, steps=2, crop=_CROP,
+                             semantic_head=True)
   info_file = os.path.join(out, "dataset_info.json")
   for options, split in ((config.train_dataset_options, "train"),
                          (config.eval_dataset_options, "val")):
@@ -177,7 +178,8 @@ def _logged_names(text, pattern):
 def test_finetune_from_other_classes(dataset, tmp_path, caplog, monkeypatch):
   root, out, _ = dataset
   # The source: the synthetic dataset's tiny model (9 classes, not 4).
-  source_config = utils.tiny_config(str(tmp_path), crop=_CROP)
+  source_config = utils.lean_config(str(tmp_path), crop=_CROP,
+                                    semantic_head=True)
   tf_keras.utils.set_random_seed(1)
   source = kmax_deeplab.KMaXDeepLab(**builders.model_kwargs(source_config))
   source(tf.zeros([1, _CROP, _CROP, 3]), training=False, return_semantic=True)

@@ -26,7 +26,7 @@ _WORKER = textwrap.dedent("""
     import trainer_test_utils as utils
     from deeplab2_kmax.trainer import distribution
     from deeplab2_kmax.trainer import train_lib
-    config = utils.tiny_config(sys.argv[1], steps=2)
+    config = utils.lean_config(sys.argv[1], steps=2)
     config.trainer_options.solver_options.use_sync_batchnorm = True
     strategy = distribution.get_strategy()
     assert strategy.num_replicas_in_sync == 2, strategy

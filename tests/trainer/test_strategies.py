@@ -18,7 +18,7 @@ _SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[4])
     import trainer_test_utils as utils
     from deeplab2_kmax.trainer import train_lib
-    config = utils.tiny_config(sys.argv[2], steps=1)
+    config = utils.lean_config(sys.argv[2], steps=1)
     config.trainer_options.steps_per_loop = 1
     config.trainer_options.solver_options.warmup_steps = 0
     config.trainer_options.solver_options.use_sync_batchnorm = True

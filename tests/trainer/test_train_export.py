@@ -28,7 +28,7 @@ def data_dir(tmp_path_factory):
 
 def test_train_resume_evaluate_export(data_dir, tmp_path):
   model_dir = str(tmp_path / "model")
-  config = utils.tiny_config(data_dir, steps=2)
+  config = utils.lean_config(data_dir, steps=2)
   train_lib.run_experiment(config, model_dir, "train")
   assert train_lib.latest_checkpoint(model_dir).endswith("ckpt-2")
   first = tf.train.load_checkpoint(train_lib.latest_checkpoint(model_dir))
@@ -63,13 +63,13 @@ def test_train_resume_evaluate_export(data_dir, tmp_path):
 
 
 def _resized_eval_config(data_dir, steps):
-  """The tiny config; eval and export resize the 64 x 64 images to 48 x 48.
+  """The lean config; eval and export resize the 64 x 64 images to 48 x 48.
 
   The 48 x 48 image sits in the 64 x 64 crop; predictions are mapped back to
   64 x 64. Segments even after 4 steps: every slot confident, pixels above the uniform
   probability 1 / 8 (so every pixel is in a mask), no overlap or area limit.
   """
-  config = utils.tiny_config(data_dir, steps=steps)
+  config = utils.lean_config(data_dir, steps=steps)
   config.evaluator_options.save_predictions = True
   config.eval_dataset_options.min_resize_value[:] = [48]
   config.eval_dataset_options.max_resize_value[:] = [48]
@@ -125,7 +125,9 @@ def _check_served_predictions(config, model_dir, data_dir, saved, tmp_path):
   assert sorted(shapes) == sorted(maps + ["cluster_assignments"])
   for key in maps:
     assert shapes[key] == [1, 97, 131], key
-  assert shapes["cluster_assignments"][:2] == [1, 3]
+  num_kmax_layers = sum(
+      config.model_options.max_deeplab.transformer_decoder.num_blocks)
+  assert shapes["cluster_assignments"][:2] == [1, num_kmax_layers]
   assert extra == {"wide": [1, 200, 60], "dtype": "int32"}
   with np.load(tmp_path / "out.npz") as served:
     for key in maps:
