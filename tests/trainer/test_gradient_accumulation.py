@@ -24,7 +24,7 @@ import trainer_test_utils as utils  # noqa: E402
 
 
 def _config(data_dir, accumulation):
-  config = utils.tiny_config(data_dir)
+  config = utils.lean_config(data_dir, semantic_head=True)
   config.train_dataset_options.batch_size = 4
   config.model_options.max_deeplab.instance_discrimination_sample_k = 0
   config.model_options.max_deeplab.semantic_sample_k = 0

@@ -54,7 +54,7 @@ def runs(data_dir, tmp_path_factory):
   """
   results = []
   for image_steps in (2, 0):
-    config = utils.tiny_config(data_dir, steps=2)
+    config = utils.lean_config(data_dir, steps=2)
     config.experiment_name = "records_test"
     trainer = config.trainer_options
     trainer.save_prediction_images_steps = image_steps
