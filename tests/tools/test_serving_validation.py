@@ -3,6 +3,7 @@
 TF Serving and a loaded signature pass any tensor to the graph; a wrong rank,
 a fourth channel or an empty image must fail with a message that says what the
 signature expects, not with an error from an op deep inside the model.
+The SavedModel keeps the model's weights, not the Keras model itself.
 """
 
 import os
@@ -24,15 +25,29 @@ _BATCH = (r"serving input must be a uint8 image batch \[B, H, W, 3\] with "
 
 
 @pytest.fixture(scope="module")
-def signatures(tmp_path_factory):
-  """Both signatures of a tiny (random-weight) exported model, reloaded."""
+def exported(tmp_path_factory):
+  """(the reloaded SavedModel of a tiny random-weight model, that model)."""
   config = utils.tiny_config("/nonexistent")
   config.export_options.batch_signature = True
   model = builders.build_model(config, crop_size=(64, 64))
   path = str(tmp_path_factory.mktemp("served") / "saved_model")
   export_lib.export_from_model(model, config, path)
-  loaded = tf.saved_model.load(path)
-  return loaded.signatures
+  return tf.saved_model.load(path), model
+
+
+@pytest.fixture(scope="module")
+def signatures(exported):
+  """Both signatures, reloaded."""
+  return exported[0].signatures
+
+
+def test_the_saved_object_graph_holds_the_weights_not_the_keras_model(
+    exported):
+  # A Keras model in the object graph makes saving trace every layer again.
+  loaded, model = exported
+  assert not hasattr(loaded, "model")
+  saved = sorted(v.numpy().tobytes() for v in loaded.model_variables)
+  assert saved == sorted(v.numpy().tobytes() for v in model.variables)
 
 
 @pytest.mark.parametrize("shape", [(12, 10, 4), (12, 10, 1), (1, 12, 10, 3),
